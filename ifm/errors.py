@@ -1,0 +1,5 @@
+"""User-facing errors: the entry scripts print these as one line and exit non-zero."""
+
+
+class IFMError(Exception):
+    """Bad input (missing file, keys that do not fit, offline download...) with a one-line fix."""

@@ -1,0 +1,185 @@
+"""Channel groups: sets of channels that must be merged together.
+
+A group lists the ``(state-dict key, axis)`` pairs it indexes: ``axis 0`` for the producer side
+(rows of a conv/linear weight, conv bias, BN parameters and statistics), ``axis 1`` for the
+consumer side (input channels of the next conv or linear). Groups are built by one generic
+mechanism, :func:`build_groups`, from a *space map*: for every layer (module prefix) the channel
+space of its input and output (a group name, or ``None`` for spaces that are not merged).
+Per-architecture code only writes small space maps (:func:`chain_spaces`, :func:`resnet_spaces`).
+
+Group order and member order follow the state dict's key order, which reproduces the order of the
+official implementation (each group appears when its first tensor is met).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, NamedTuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class Member(NamedTuple):
+    """One tensor indexed by a group: its state-dict key and the axis that holds the channel."""
+
+    key: str
+    axis: int
+
+
+class LayerSpaces(NamedTuple):
+    """Channel spaces of one layer: ``in_space`` (axis 1) and ``out_space`` (axis 0)."""
+
+    in_space: str | None
+    out_space: str | None
+
+
+@dataclass
+class ChannelGroup:
+    """A set of interchangeable channels and every ``(key, axis)`` that indexes them."""
+
+    name: str
+    width: int
+    members: list[Member] = field(default_factory=list)
+
+    def distance_members(self, state_dict: Mapping[str, Tensor]) -> list[Member]:
+        """Members that enter Eq. 6: weights with two or more dims (1-D params such as BN are excluded)."""
+        return [m for m in self.members if state_dict[m.key].ndim >= 2]
+
+
+def _layer_of(key: str) -> tuple[str, str]:
+    prefix, _, param = key.rpartition(".")
+    return prefix, param
+
+
+def build_groups(state_dict: Mapping[str, Tensor], spaces: Mapping[str, LayerSpaces]) -> list[ChannelGroup]:
+    """Build channel groups from a space map, in official order.
+
+    Args:
+        state_dict: the model's state dict (its key order fixes group and member order).
+        spaces: ``layer prefix -> LayerSpaces``; layers absent from it belong to no group.
+
+    Returns:
+        The groups, each with its width and members.
+    """
+    groups: dict[str, ChannelGroup] = {}
+    for key, tensor in state_dict.items():
+        prefix, _ = _layer_of(key)
+        if prefix not in spaces or tensor.ndim == 0:
+            continue
+        layer = spaces[prefix]
+        axes = [(0, layer.out_space)] + ([(1, layer.in_space)] if tensor.ndim >= 2 else [])
+        for axis, space in axes:
+            if space is None:
+                continue
+            width = _channels_on_axis(tensor, axis, groups.get(space))
+            group = groups.setdefault(space, ChannelGroup(space, width))
+            if width != group.width:
+                raise ValueError(f"{key} has {width} channels on axis {axis}, but group {space!r} "
+                                 f"has {group.width}: the checkpoint does not fit this architecture")
+            group.members.append(Member(key, axis))
+    for group in groups.values():
+        keys_by_axis = {(m.key, m.axis) for m in group.members}
+        both = {k for k, a in keys_by_axis if (k, 1 - a) in keys_by_axis}
+        if both:
+            raise ValueError(f"group {group.name!r} indexes both axes of {sorted(both)}; not supported")
+    return list(groups.values())
+
+
+def _channels_on_axis(tensor: Tensor, axis: int, group: ChannelGroup | None) -> int:
+    if axis == 0:
+        return int(tensor.shape[0])
+    # A flattened input (conv channels -> linear) holds a block of positions per channel.
+    if group is not None and tensor.ndim == 2 and tensor.shape[1] % group.width == 0:
+        return group.width
+    return int(tensor.shape[1])
+
+
+def _layers_in_order(state_dict: Mapping[str, Tensor]) -> list[tuple[str, str]]:
+    """``(prefix, kind)`` for every conv/linear/BN layer, in state-dict order."""
+    layers: list[tuple[str, str]] = []
+    for key, tensor in state_dict.items():
+        prefix, param = _layer_of(key)
+        if param != "weight":
+            continue
+        if tensor.ndim >= 2:
+            layers.append((prefix, "conv" if tensor.ndim == 4 else "linear"))
+        elif f"{prefix}.running_mean" in state_dict:
+            layers.append((prefix, "bn"))
+    return layers
+
+
+def chain_spaces(state_dict: Mapping[str, Tensor], name_format: str = "perm_{}") -> dict[str, LayerSpaces]:
+    """Space map of a plain chain (VGG-like): every conv/linear but the last opens a group.
+
+    BN layers share the space of the layer before them; the final layer's outputs (classes) are
+    not merged. Group names follow the official ``perm_features.<idx>`` scheme.
+    """
+    layers = _layers_in_order(state_dict)
+    last_linear = max(i for i, (_, kind) in enumerate(layers) if kind != "bn")
+    spaces: dict[str, LayerSpaces] = {}
+    current: str | None = None
+    for i, (prefix, kind) in enumerate(layers):
+        if kind == "bn":
+            spaces[prefix] = LayerSpaces(current, current)
+            continue
+        out = None if i == last_linear else name_format.format(prefix)
+        spaces[prefix] = LayerSpaces(current, out)
+        current = out
+    return spaces
+
+
+RESNET_OFFICIAL_STAGES: tuple[int, ...] = (3, 4)
+
+
+def resnet_spaces(state_dict: Mapping[str, Tensor], stages: Iterable[int] = RESNET_OFFICIAL_STAGES
+                  ) -> dict[str, LayerSpaces]:
+    """Space map of a CIFAR (``shortcut``/``linear``) or torchvision (``downsample``/``fc``) ResNet.
+
+    In each merged stage every block's inner activations (``relu1``, ``relu2`` for bottlenecks) are
+    groups, and the whole residual stream of the stage (every block's last conv + BN, the projection
+    conv + BN, and all its consumers) is one group named after block 0. By default only stages 3
+    and 4 are merged, as in the official code.
+    """
+    stages = set(stages)
+    if not stages <= {1, 2, 3, 4}:
+        raise ValueError(f"ResNet stages must be in 1..4, got {sorted(stages)}")
+    blocks: dict[int, list[int]] = {}
+    for key in state_dict:
+        match = re.match(r"layer(\d)\.(\d+)\.", key)
+        if match:
+            blocks.setdefault(int(match[1]), [])
+            if int(match[2]) not in blocks[int(match[1])]:
+                blocks[int(match[1])].append(int(match[2]))
+    if sorted(blocks) != [1, 2, 3, 4]:
+        raise ValueError("state dict has no layer1..layer4 blocks: not a ResNet")
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in state_dict)
+    proj = "shortcut" if any(".shortcut." in k for k in state_dict) else "downsample"
+    head = "linear" if "linear.weight" in state_dict else "fc"
+    inner = ["relu1", "relu2"] if bottleneck else ["relu1"]
+    last_conv = len(inner) + 1
+
+    def stream(stage: int) -> str | None:
+        return f"layer{stage}.0.relu{last_conv}" if stage in stages else None
+
+    # The stem's output is stage 1's stream when layer1.0 has an identity shortcut.
+    stem_out = stream(1) if f"layer1.0.{proj}.0.weight" not in state_dict else None
+    spaces = {"conv1": LayerSpaces(None, stem_out), "bn1": LayerSpaces(stem_out, stem_out)}
+    previous = stem_out
+    for stage in range(1, 5):
+        out_stream = stream(stage)
+        for b in sorted(blocks[stage]):
+            p = f"layer{stage}.{b}"
+            block_in = previous if b == 0 else out_stream
+            chain = [f"{p}.{r}" if stage in stages else None for r in inner] + [out_stream]
+            current = block_in
+            for k, space in enumerate(chain, start=1):
+                spaces[f"{p}.conv{k}"] = LayerSpaces(current, space)
+                spaces[f"{p}.bn{k}"] = LayerSpaces(space, space)
+                current = space
+            spaces[f"{p}.{proj}.0"] = LayerSpaces(block_in, out_stream)
+            spaces[f"{p}.{proj}.1"] = LayerSpaces(out_stream, out_stream)
+        previous = out_stream
+    spaces[head] = LayerSpaces(previous, None)
+    return spaces

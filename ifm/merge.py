@@ -1,0 +1,366 @@
+"""Iterative Feature Merging (Eq. 6-10) with incrementally updated distances.
+
+The result is identical to the official algorithm (same merge sequence, widths and channel order),
+but no distance matrix is ever recomputed from the weights after the first pass:
+
+* every group keeps two Gram matrices, ``G_row`` (its producer rows) and ``G_col`` (its consumer
+  columns), over fixed *slots* (original channel positions); Eq. 6 is ``G_ii + G_jj - 2 G_ij``
+  of their sum;
+* merging slots ``a`` and ``b`` sums their rows and takes the count-weighted mean of their
+  columns, so the merged slot's Gram entries are the same combinations of old entries: O(n);
+* tensors shared with another group change that group's Gram matrix by a low-rank update
+  (the slices of ``a`` and ``b`` out, the merged slice in);
+* a group whose Gram matrix did not change since it last declined declines again, unexamined;
+* the weights are merged in place in their slots, and gathered once at the end in the official
+  channel order (the merged channel goes last at each merge).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+import torch
+
+from .groups import ChannelGroup, Member
+
+Tensor = torch.Tensor
+Order = Literal["official", "layerwise"]
+
+
+@dataclass(frozen=True)
+class MergeStep:
+    """One merge: outer iteration, group, the pair in the group's current (official) indexing
+    (``i < j``), and its Eq. 6 distance."""
+
+    iteration: int
+    group: str
+    i: int
+    j: int
+    distance: float
+
+
+@dataclass
+class MergeResult:
+    """What IFM produced: the merged state dict and how it was obtained."""
+
+    state_dict: dict[str, Tensor]
+    widths: dict[str, int]
+    original_widths: dict[str, int]
+    clusters: dict[str, list[list[int]]]
+    merge_log: list[MergeStep]
+    iterations: int
+    seconds: float
+    beta: float
+    max_ratio: float
+    order: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_merges(self) -> int:
+        return len(self.merge_log)
+
+    @property
+    def feature_complexity(self) -> dict[str, int]:
+        """Final width of every group (the paper's layer-wise feature complexity)."""
+        return dict(self.widths)
+
+
+def check_hyperparameters(beta: float, max_ratio: float) -> None:
+    """Raise ``ValueError`` for β outside (0, 1) or max_ratio outside (0, 1]."""
+    if not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+        raise ValueError(f"beta (--threshold) must lie in (0, 1), got {beta}; e.g. --threshold 0.1")
+    if not (isinstance(max_ratio, (int, float)) and 0.0 < max_ratio <= 1.0):
+        raise ValueError(f"max_ratio must lie in (0, 1], got {max_ratio}; e.g. --max_ratio 1.0")
+
+
+def _rows(t: Tensor, n: int) -> Tensor:
+    """View with the channel on dim 0: ``(n, rest)``."""
+    return t.reshape(n, -1)
+
+
+def _cols(t: Tensor, n: int) -> Tensor:
+    """View with the channel on dim 1: ``(out, n, block)`` (a flattened linear input has block > 1)."""
+    return t.reshape(t.shape[0], n, -1)
+
+
+def _gram(m: Tensor) -> Tensor:
+    return m @ m.T
+
+
+class _GroupState:
+    """Bookkeeping of one group over its original slots."""
+
+    def __init__(self, index: int, group: ChannelGroup, dtype: torch.dtype, device: torch.device):
+        n = group.width
+        self.index, self.group, self.n0 = index, group, n
+        self.alive = torch.ones(n, dtype=torch.bool, device=device)
+        self.pair_mask = ~torch.eye(n, dtype=torch.bool, device=device)
+        self.counts = [1.0] * n
+        self.official: list[int] = list(range(n))  # live slots in the official channel order
+        self.clusters: list[list[int]] = [[c] for c in range(n)]
+        self.g_row = torch.zeros(n, n, dtype=dtype, device=device)
+        self.g_col = torch.zeros(n, n, dtype=dtype, device=device)
+        self.width = n
+        self.n_merges = 0
+        self.dirty = True
+
+    def official_rank(self, slot: int) -> int:
+        return self.official.index(slot)
+
+    def official_slots(self) -> list[int]:
+        return list(self.official)
+
+
+@dataclass
+class _Link:
+    """A ≥2-D tensor indexed by two groups: ``owner`` on ``axis``, ``other`` on the other axis."""
+
+    key: str
+    axis: int
+    other: int
+
+
+class IterativeMerger:
+    """Runs IFM on a state dict for a list of channel groups (see :func:`iterative_feature_merging`)."""
+
+    def __init__(self, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.dtype = dtype
+        self.source = state_dict
+        self.groups = list(groups)
+        self.states = [_GroupState(i, g, dtype, self.device) for i, g in enumerate(self.groups)]
+        member_keys = {m.key for g in self.groups for m in g.members}
+        self.weights = {k: state_dict[k].detach().to(self.device, dtype, copy=True) for k in member_keys}
+        owners: dict[tuple[str, int], int] = {}
+        for gi, g in enumerate(self.groups):
+            for m in g.members:
+                owners[(m.key, m.axis)] = gi
+        self.links: list[list[_Link]] = [[] for _ in self.groups]
+        for gi, g in enumerate(self.groups):
+            for m in g.members:
+                other = owners.get((m.key, 1 - m.axis))
+                if other is not None and self.weights[m.key].ndim >= 2:
+                    self.links[gi].append(_Link(m.key, m.axis, other))
+        self._init_grams()
+
+    # ----------------------------------------------------------------------------- distances
+    def _init_grams(self) -> None:
+        for st in self.states:
+            for m in st.group.distance_members(self.weights):
+                w = self.weights[m.key]
+                if m.axis == 0:
+                    st.g_row += _gram(_rows(w, st.n0))
+                else:
+                    st.g_col += _gram(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
+
+    def distances(self, gi: int) -> Tensor:
+        """Eq. 6 distances between the group's slots (dead slots hold garbage; see ``pair_mask``)."""
+        st = self.states[gi]
+        gram = st.g_row + st.g_col
+        diag = gram.diagonal()
+        return (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_(min=0.0)
+
+    def closest_pair(self, gi: int) -> tuple[int, int, float, float] | None:
+        """``(slot_a, slot_b, d_min, d_max)`` of the closest live pair (official-order ties), or None."""
+        st = self.states[gi]
+        if st.width < 2:
+            return None
+        dist = self.distances(gi)
+        masked = dist.masked_fill(~st.pair_mask, math.inf)
+        d_min = masked.min()
+        d_max = dist.masked_fill(~st.pair_mask, -math.inf).max().item()
+        candidates = (masked == d_min).nonzero().tolist()
+        if len(candidates) == 2:  # the symmetric pair (a, b), (b, a)
+            a, b = candidates[0]
+        else:
+            ranked = []
+            for a, b in candidates:
+                ra, rb = st.official_rank(a), st.official_rank(b)
+                ranked.append(((min(ra, rb), max(ra, rb)), a, b))
+            _, a, b = min(ranked)
+        return a, b, d_min.item(), d_max
+
+    # ----------------------------------------------------------------------------- merging
+    def merge(self, gi: int, a: int, b: int) -> None:
+        """Merge slots ``a`` and ``b`` of group ``gi`` (rows summed, columns count-weighted mean)."""
+        st = self.states[gi]
+        if a > b:
+            a, b = b, a
+        na, nb = st.counts[a], st.counts[b]
+        wa, wb = na / (na + nb), nb / (na + nb)
+        for link in self.links[gi]:
+            self._update_linked_gram(st, link, a, b, wa, wb)
+        for m in st.group.members:
+            w = self.weights[m.key]
+            if m.axis == 0:
+                rows = _rows(w, st.n0)
+                rows[a] += rows[b]
+                rows[b] = 0
+            else:
+                cols = _cols(w, st.n0)
+                cols[:, a] = wa * cols[:, a] + wb * cols[:, b]
+                cols[:, b] = 0
+        self._merge_own_gram(st.g_row, a, b, 1.0, 1.0)
+        self._merge_own_gram(st.g_col, a, b, wa, wb)
+        st.counts[a], st.counts[b] = na + nb, 0.0
+        st.clusters[a], st.clusters[b] = sorted(st.clusters[a] + st.clusters[b]), []
+        st.official.remove(a)
+        st.official.remove(b)
+        st.official.append(a)  # the merged channel goes last, as in the official code
+        st.alive[b] = False
+        st.pair_mask[b, :] = False
+        st.pair_mask[:, b] = False
+        st.width -= 1
+        st.n_merges += 1
+        st.dirty = True
+
+    @staticmethod
+    def _merge_own_gram(gram: Tensor, a: int, b: int, wa: float, wb: float) -> None:
+        """Gram update for slot ``a := wa·a + wb·b`` (``wa = wb = 1`` for summed rows)."""
+        g_aa, g_ab, g_bb = gram[a, a].item(), gram[a, b].item(), gram[b, b].item()
+        row = wa * gram[a] + wb * gram[b]
+        gram[a], gram[:, a] = row, row
+        gram[a, a] = wa * wa * g_aa + 2 * wa * wb * g_ab + wb * wb * g_bb
+        gram[b], gram[:, b] = 0, 0
+
+    def _update_linked_gram(self, st: _GroupState, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
+        """Low-rank update of the other group's Gram matrix for a merge of slots a, b in ``st``."""
+        other = self.states[link.other]
+        w = self.weights[link.key]
+        if link.axis == 1:  # we merge columns (weighted mean); the other group owns the rows
+            cols = _cols(w, st.n0)
+            old_a, old_b = cols[:, a], cols[:, b]
+            new = wa * old_a + wb * old_b
+            target = other.g_row
+        else:  # we sum rows; the other group owns the columns of this tensor
+            blocks = w.reshape(st.n0, other.n0, -1)
+            old_a, old_b = blocks[a], blocks[b]
+            new = old_a + old_b
+            target = other.g_col
+        stacked = torch.cat([new, old_a, old_b], dim=1)
+        signed = torch.cat([new, -old_a, -old_b], dim=1)
+        target += signed @ stacked.T
+        other.dirty = True
+
+    # ----------------------------------------------------------------------------- driver
+    def visit(self, gi: int, beta: float, iteration: int, log: list[MergeStep]) -> bool:
+        """Examine group ``gi`` once: merge its closest pair unless Eq. 9 says stop."""
+        st = self.states[gi]
+        if not st.dirty:
+            return False
+        found = self.closest_pair(gi)
+        if found is None or found[2] > beta * found[3]:
+            st.dirty = False
+            return False
+        a, b, d_min, _ = found
+        ra, rb = st.official_rank(a), st.official_rank(b)
+        log.append(MergeStep(iteration, st.group.name, min(ra, rb), max(ra, rb), d_min))
+        self.merge(gi, a, b)
+        return True
+
+    def run(self, beta: float, max_ratio: float = 1.0, order: Order = "official",
+            progress: bool = False) -> MergeResult:
+        """Merge until Eq. 9 stops every group (or ``max_ratio`` caps it)."""
+        check_hyperparameters(beta, max_ratio)
+        start = time.perf_counter()
+        log: list[MergeStep] = []
+        bar = _progress_bar(progress, sum(s.n0 for s in self.states))
+        iteration = 0
+        if order == "official":
+            while True:
+                merged_any = False
+                for gi, st in enumerate(self.states):
+                    if iteration >= st.n0 * max_ratio:
+                        continue
+                    merged_any |= self.visit(gi, beta, iteration, log)
+                bar.update(len(log) - bar.n)
+                iteration += 1
+                if not merged_any:
+                    break
+        elif order == "layerwise":
+            for gi, st in enumerate(self.states):
+                st.dirty = True
+                while st.n_merges < st.n0 * max_ratio and self.visit(gi, beta, iteration, log):
+                    iteration += 1
+                    bar.update(1)
+        else:
+            raise ValueError(f"order must be 'official' or 'layerwise', got {order!r}")
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        return MergeResult(
+            state_dict=self.merged_state_dict(),
+            widths={s.group.name: s.width for s in self.states},
+            original_widths={s.group.name: s.n0 for s in self.states},
+            clusters={s.group.name: [s.clusters[k] for k in s.official_slots()] for s in self.states},
+            merge_log=log, iterations=iteration, seconds=seconds,
+            beta=beta, max_ratio=max_ratio, order=order)
+
+    def merged_state_dict(self) -> dict[str, Tensor]:
+        """The merged weights gathered in official channel order, in the source dtypes and devices."""
+        index = {(m.key, m.axis): torch.tensor(st.official_slots(), device=self.device)
+                 for st in self.states for m in st.group.members}
+        widths = {(m.key, m.axis): st.n0 for st in self.states for m in st.group.members}
+        merged: dict[str, Tensor] = {}
+        for key, source in self.source.items():
+            if key not in self.weights:
+                merged[key] = source.clone()
+                continue
+            w = self.weights[key]
+            if (key, 0) in index:
+                w = _rows(w, widths[(key, 0)])[index[(key, 0)]].reshape(-1, *w.shape[1:])
+            if (key, 1) in index:
+                n0, keep = widths[(key, 1)], index[(key, 1)]
+                w = _cols(w, n0)[:, keep].reshape(w.shape[0], w.shape[1] * len(keep) // n0, *w.shape[2:])
+            merged[key] = w.to(source.device, source.dtype)
+        return merged
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _NullBar:
+    n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return _NullBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="IFM merges", unit="merge", leave=False)
+
+
+def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                              beta: float = 0.1, max_ratio: float = 1.0, order: Order = "official",
+                              dtype: torch.dtype = torch.float64,
+                              device: torch.device | str | None = None,
+                              progress: bool = False) -> MergeResult:
+    """Run IFM on ``state_dict``.
+
+    Args:
+        state_dict: the model's parameters and buffers (not modified).
+        groups: channel groups, in the order they are visited (see :mod:`ifm.groups`).
+        beta: Eq. 9 threshold β in (0, 1): a group merges while ``d_min <= β·d_max``.
+        max_ratio: cap in (0, 1]: a group is visited while ``iteration < width·max_ratio``.
+        order: ``"official"`` (one merge per group per sweep) or ``"layerwise"`` (Algorithm 1).
+        dtype: float64 (default) or float32 bookkeeping of weights and Gram matrices.
+        device: where to compute (default: CUDA when present).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`MergeResult`.
+    """
+    check_hyperparameters(beta, max_ratio)
+    merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device)
+    return merger.run(beta, max_ratio, order, progress)

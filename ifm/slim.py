@@ -1,0 +1,62 @@
+"""Build a working model of merged widths from the original model and a merged state dict.
+
+Generic: every Conv2d / Linear / BatchNorm whose parameter shapes differ from the state dict is
+replaced by a module of the state dict's shapes (same hyper-parameters), then the state dict is
+loaded strictly. No per-architecture model classes are needed.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .errors import IFMError
+
+
+def _resized(module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
+    """A copy of ``module`` shaped for ``weight``, or None if it already fits."""
+    if weight.shape == module.weight.shape:
+        return None
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], module.kernel_size,
+                         module.stride, module.padding, module.dilation, module.groups,
+                         module.bias is not None, module.padding_mode)
+    if isinstance(module, nn.Linear):
+        return nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return type(module)(weight.shape[0], module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
+    return None
+
+
+def slim_model(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "the model") -> nn.Module:
+    """Return a copy of ``model`` resized to ``state_dict``'s shapes, with its weights loaded."""
+    slim = copy.deepcopy(model)
+    for name, module in list(slim.named_modules()):
+        key = f"{name}.weight"
+        if key not in state_dict or not hasattr(module, "weight") or module.weight is None:
+            continue
+        replacement = _resized(module, state_dict[key])
+        if replacement is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(slim.get_submodule(parent_name) if parent_name else slim, child, replacement)
+    load_strict(slim, state_dict, what)
+    return slim
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "the model") -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                 f"shape mismatch {wrong[:3]}" if wrong else ""]
+        raise IFMError(f"checkpoint keys do not fit {what}: " + "; ".join(p for p in parts if p)
+                       + " (check the architecture argument)")
+    model.load_state_dict(dict(state_dict))

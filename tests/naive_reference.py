@@ -1,0 +1,88 @@
+"""The official IFM algorithm written plainly (float64), as an independent reference.
+
+It follows ``official_semantics.md`` §2-5 literally: every visit recomputes the group's full
+distance matrix from the current weights; the merged channel is moved to the end; rows are summed
+and columns take the count-weighted mean. Deliberately shares no code with ``ifm``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def naive_distance(params, members, n):
+    a = torch.zeros(n, n, dtype=torch.float64)
+    for key, axis in members:
+        w = params[key]
+        if w.ndim < 2:
+            continue
+        if axis == 0:
+            m = w.reshape(n, -1)
+        else:
+            m = w.reshape(w.shape[0], n, -1).permute(1, 0, 2).reshape(n, -1)
+        a += m @ m.T
+    d = torch.diag(a)[:, None] + torch.diag(a)[None, :] - 2 * a
+    d = ((d + d.T) / 2).clamp(min=0)
+    return d
+
+
+def naive_merge(params, members, counts, i, j, n):
+    lo, hi = min(i, j), max(i, j)
+    order = [k for k in range(n) if k not in (lo, hi)] + [hi, lo]
+    for key, axis in members:
+        w = params[key]
+        if axis == 0:
+            w = w.reshape(n, -1)[order].clone()
+            w[-2] += w[-1]
+            params[key] = w[:-1].reshape(n - 1, *params[key].shape[1:])
+        else:
+            shape = params[key].shape
+            w = w.reshape(shape[0], n, -1)[:, order].clone()
+            c_hi, c_lo = counts[hi], counts[lo]
+            w[:, -2] = (w[:, -2] * c_hi + w[:, -1] * c_lo) / (c_hi + c_lo)
+            params[key] = w[:, :-1].reshape(shape[0], shape[1] // n * (n - 1), *shape[2:])
+    counts = [counts[k] for k in order]
+    counts[-2] += counts[-1]
+    return counts[:-1]
+
+
+def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official"):
+    """``groups``: list of (name, width, [(key, axis), ...]). Returns (params, widths, log)."""
+    params = {k: v.detach().clone().double() for k, v in state_dict.items()}
+    widths = {name: n for name, n, _ in groups}
+    counts = {name: [1.0] * n for name, n, _ in groups}
+    log = []
+
+    def visit(name, members, it):
+        n = widths[name]
+        if n < 2:
+            return False
+        d = naive_distance(params, members, n)
+        off = ~torch.eye(n, dtype=torch.bool)
+        d_min, d_max = d[off].min().item(), d[off].max().item()
+        if d_min > beta * d_max:
+            return False
+        i, j = next((i, j) for i in range(n) for j in range(n) if i != j and d[i, j].item() == d_min)
+        log.append((it, name, i, j))
+        counts[name] = naive_merge(params, members, counts[name], i, j, n)
+        widths[name] = n - 1
+        return True
+
+    if order == "official":
+        it = 0
+        while True:
+            merged = False
+            for name, n0, members in groups:
+                if it >= n0 * max_ratio:
+                    continue
+                merged |= visit(name, members, it)
+            it += 1
+            if not merged:
+                break
+    else:
+        it = 0
+        for name, n0, members in groups:
+            k = 0
+            while k < n0 * max_ratio and visit(name, members, it):
+                k += 1
+                it += 1
+    return params, widths, log
