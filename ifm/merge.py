@@ -28,6 +28,9 @@ from .groups import ChannelGroup, Member
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
 
+#: A squared distance below this fraction of ``|v_i|^2 + |v_j|^2`` is an exact duplicate (0).
+TIE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
 
 @dataclass(frozen=True)
 class MergeStep:
@@ -161,7 +164,11 @@ class IterativeMerger:
         st = self.states[gi]
         gram = st.g_row + st.g_col
         diag = gram.diagonal()
-        return (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_(min=0.0)
+        norms = diag[:, None] + diag[None, :]
+        dist = norms - 2.0 * gram
+        # Below the Gram identity's rounding level a pair is an exact duplicate: snap it to 0 so
+        # that exact ties are ties (broken in row-major order) and never negative.
+        return dist.masked_fill_(dist <= TIE_TOLERANCE[self.dtype] * norms, 0.0)
 
     def closest_pair(self, gi: int) -> tuple[int, int, float, float] | None:
         """``(slot_a, slot_b, d_min, d_max)`` of the closest live pair (official-order ties), or None."""

@@ -41,6 +41,7 @@ def slim_model(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: s
         replacement = _resized(module, state_dict[key])
         if replacement is None:
             continue
+        replacement = replacement.to(module.weight.device, module.weight.dtype)
         parent_name, _, child = name.rpartition(".")
         setattr(slim.get_submodule(parent_name) if parent_name else slim, child, replacement)
     load_strict(slim, state_dict, what)

@@ -20,8 +20,10 @@ def naive_distance(params, members, n):
         else:
             m = w.reshape(w.shape[0], n, -1).permute(1, 0, 2).reshape(n, -1)
         a += m @ m.T
-    d = torch.diag(a)[:, None] + torch.diag(a)[None, :] - 2 * a
-    d = ((d + d.T) / 2).clamp(min=0)
+    norms = torch.diag(a)[:, None] + torch.diag(a)[None, :]
+    d = norms - 2 * a
+    d = (d + d.T) / 2
+    d[d <= 1e-10 * norms] = 0.0  # documented tie rule: rounding-level distances are exact ties
     return d
 
 
@@ -61,7 +63,7 @@ def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official"):
         d_min, d_max = d[off].min().item(), d[off].max().item()
         if d_min > beta * d_max:
             return False
-        i, j = next((i, j) for i in range(n) for j in range(n) if i != j and d[i, j].item() == d_min)
+        i, j = ((d == d_min) & off).nonzero()[0].tolist()  # first in row-major order
         log.append((it, name, i, j))
         counts[name] = naive_merge(params, members, counts[name], i, j, n)
         widths[name] = n - 1

@@ -1,0 +1,102 @@
+"""Channel groups: official order and sizes, and permutation invariance for every architecture."""
+import pytest
+import torch
+
+import models
+from ifm import ARCHITECTURES, channel_groups, chain_spaces, build_groups, get_architecture, permute_channels
+from ifm.errors import IFMError
+from tests.helpers import plain_cnn, randomize_bn
+
+
+def test_vgg11_groups_match_official_layout():
+    sd = models.create_model("VGG11").state_dict()
+    groups = channel_groups("VGG11", sd)
+    assert [g.width for g in groups] == [64, 128, 256, 256, 512, 512, 512, 512]
+    assert groups[0].name == "perm_features.0"
+    assert groups[0].members == [("features.0.weight", 0), ("features.0.bias", 0), ("features.1.weight", 0),
+                                 ("features.1.bias", 0), ("features.1.running_mean", 0),
+                                 ("features.1.running_var", 0), ("features.4.weight", 1)]
+    assert groups[-1].members[-1] == ("classifier.weight", 1)
+    assert [len(channel_groups(n, models.create_model(n).state_dict())) for n in ["VGG13", "VGG16", "VGG19"]] \
+        == [10, 13, 16]
+
+
+def test_resnet_groups_official_order_and_sizes():
+    sd18 = models.create_model("ResNet18").state_dict()
+    groups = channel_groups("ResNet18", sd18)
+    assert [g.name for g in groups] == ["layer3.0.relu1", "layer3.0.relu2", "layer3.1.relu1",
+                                        "layer4.0.relu1", "layer4.0.relu2", "layer4.1.relu1"]
+    assert [g.width for g in groups] == [256, 256, 256, 512, 512, 512]
+    res4 = groups[4]
+    dim = sum(sd18[k].reshape(512, -1).shape[1] if a == 0 else sd18[k].numel() // 512
+              for k, a in res4.distance_members(sd18))
+    assert dim == 4608 + 256 + 4608 + 4608 + 10
+    assert ("layer4.0.shortcut.0.weight", 0) in res4.members
+    assert ("layer4.0.shortcut.0.weight", 1) in groups[1].members  # consumer of the stage-3 stream
+    assert not any("layer3.0.conv1.weight" == k and a == 1 for g in groups for k, a in g.members)
+    assert len(channel_groups("ResNet34", models.create_model("ResNet34").state_dict())) == 11
+    g50 = channel_groups("ResNet50", models.create_model("ResNet50").state_dict())
+    assert len(g50) == 20
+    assert sorted({g.width for g in g50 if g.name.endswith("relu3")}) == [1024, 2048]
+
+
+def test_torchvision_key_names_and_flattened_classifier():
+    import torchvision
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    groups = channel_groups("resnet18", sd)
+    assert ("layer4.0.downsample.0.weight", 0) in groups[4].members and ("fc.weight", 1) in groups[4].members
+    vgg = torchvision.models.vgg11(weights=None).state_dict()
+    vg = channel_groups("vgg11", vgg)
+    assert [g.name for g in vg[-3:]] == ["perm_features.18", "perm_classifier.0", "perm_classifier.3"]
+    assert vg[-3].width == 512 and ("classifier.0.weight", 1) in vg[-3].members  # 49 inputs per channel
+    assert vg[-1].width == 4096 and ("classifier.6.weight", 1) in vg[-1].members
+
+
+def test_stages_option_and_errors():
+    sd = models.create_model("ResNet18").state_dict()
+    names = [g.name for g in channel_groups("ResNet18", sd, stages=[1, 4])]
+    assert names[0] == "layer1.0.relu2" and "layer3.0.relu1" not in names
+    assert ("conv1.weight", 0) in channel_groups("ResNet18", sd, stages=[1])[0].members  # stem feeds stage 1
+    with pytest.raises(IFMError):
+        channel_groups("VGG11", models.create_model("VGG11").state_dict(), stages=[3])
+    with pytest.raises(IFMError):
+        get_architecture("VGG12")
+    with pytest.raises(ValueError):
+        channel_groups("ResNet18", sd, stages=[5])
+
+
+def _small_state_dict(name):
+    arch = get_architecture(name)
+    if arch.dataset == "cifar10":
+        model = models.create_model(name, width=0.125)
+    else:
+        model = arch.build(10)
+    return model, arch
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if not n.startswith(("vgg13", "vgg16", "vgg19"))])
+def test_permuting_every_group_preserves_outputs(name):
+    torch.manual_seed(0)
+    model, arch = _small_state_dict(name)
+    sd = randomize_bn(model.state_dict(), torch.Generator().manual_seed(1))
+    model.load_state_dict(sd)
+    model.eval()
+    stages = [1, 2, 3, 4] if arch.is_resnet else None
+    groups = channel_groups(name, sd, stages=stages)
+    perms = {g.name: torch.randperm(g.width) for g in groups}
+    permuted = type(model)  # same class, same shapes
+    other = __import__("copy").deepcopy(model)
+    other.load_state_dict(permute_channels(sd, groups, perms))
+    size = 32 if arch.dataset == "cifar10" else 64
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), rtol=1e-4, atol=1e-4)
+    assert permuted is type(other)
+
+
+def test_chain_spaces_work_for_a_custom_model():
+    model = plain_cnn()
+    groups = build_groups(model.state_dict(), chain_spaces(model.state_dict()))
+    assert [g.width for g in groups] == [6, 8, 5, 7]
+    assert ("6.weight", 1) not in groups[0].members
+    assert ("8.weight", 1) in groups[2].members  # flattened: 4 positions per channel

@@ -1,0 +1,174 @@
+"""IFM merging: exact agreement with the naive official algorithm, function preservation, edge cases."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from ifm import (IterativeMerger, build_groups, chain_spaces, channel_groups, iterative_feature_merging,
+                 model_for_state_dict, slim_model)
+from tests.helpers import copy_channel, plain_cnn, randomize_bn
+from tests.naive_reference import naive_distance, naive_ifm
+
+
+def _tv_vgg11_small():
+    import torchvision
+    model = torchvision.models.vgg11(weights=None)
+    model.classifier[0], model.classifier[3], model.classifier[6] = nn.Linear(25088, 48), nn.Linear(48, 40), \
+        nn.Linear(40, 10)
+    return model
+
+
+def _tv(name):
+    import torchvision
+    return lambda: getattr(torchvision.models, name)(weights=None, num_classes=10)
+
+
+CASES = {  # name -> (arch, builder, near-duplicate noise, [(beta, max_ratio)])
+    "VGG11": ("VGG11", lambda: models.create_model("VGG11", width=0.25), 0.05, [(0.3, 1.0), (0.8, 0.2)]),
+    "VGG16": ("VGG16", lambda: models.create_model("VGG16", width=0.125), 0.05, [(0.5, 1.0), (0.9, 0.3)]),
+    "ResNet18": ("ResNet18", lambda: models.create_model("ResNet18", width=0.25), 0.05, [(0.5, 1.0), (0.9, 0.1)]),
+    "ResNet50": ("ResNet50", lambda: models.create_model("ResNet50", width=0.125), 0.05, [(0.6, 1.0)]),
+    "tv_resnet18": ("resnet18", _tv("resnet18"), 0.0, [(0.05, 1.0), (0.9, 0.01)]),
+    "tv_resnet50": ("resnet50", _tv("resnet50"), 0.0, [(0.05, 0.01)]),
+    "tv_vgg11": ("vgg11", _tv_vgg11_small, 0.0, [(0.05, 1.0), (0.9, 0.01)]),
+}
+
+
+def _weights_with_duplicates(case: str, seed: int = 0):
+    arch, build, noise, _ = CASES[case]
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sd = randomize_bn(build().state_dict(), gen)
+    groups = channel_groups(arch, sd)
+    for group in groups:  # near (or exact) copies: a few per group, distinct sources
+        n = group.width
+        for k in range(min(3, n // 4)):
+            copy_channel(sd, group, src=k, dst=n - 1 - k, noise=noise * (k + 1), generator=gen)
+    return arch, sd, channel_groups(arch, sd)
+
+
+def _naive_log(log):
+    return [(it, name, min(i, j), max(i, j)) for it, name, i, j in log]
+
+
+@pytest.mark.parametrize("order", ["official", "layerwise"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_naive_official_algorithm(case, order):
+    arch, sd, groups = _weights_with_duplicates(case)
+    for beta, max_ratio in CASES[case][3]:
+        result = iterative_feature_merging(sd, groups, beta=beta, max_ratio=max_ratio, order=order)
+        params, widths, log = naive_ifm(sd, [(g.name, g.width, g.members) for g in groups], beta, max_ratio, order)
+        assert result.n_merges > 0
+        assert [(s.iteration, s.group, s.i, s.j) for s in result.merge_log] == _naive_log(log)
+        assert result.widths == widths
+        for key, value in params.items():
+            torch.testing.assert_close(result.state_dict[key].double(), value, rtol=1e-6, atol=1e-6)
+        slim = model_for_state_dict(arch, result.state_dict)
+        assert [sum(len(c) for c in cl) for cl in result.clusters.values()] == list(result.original_widths.values())
+        assert [len(cl) for cl in result.clusters.values()] == list(result.widths.values())
+        x = torch.randn(1, 3, 32 if arch[0].isupper() else 64, 32 if arch[0].isupper() else 64)
+        assert slim.eval()(x).shape == (1, 10)
+
+
+def test_merging_exact_duplicates_preserves_the_function():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = plain_cnn(widths=(6, 8, 5)).double()
+    sd = model.state_dict()
+    groups = build_groups(sd, chain_spaces(sd))
+    for group, (src, dst) in zip(groups, [(0, 4), (2, 7), (1, 3), (5, 6)]):
+        copy_channel(sd, group, src, dst, split_columns=True, generator=gen)
+    model.load_state_dict(sd)
+    result = iterative_feature_merging(sd, groups, beta=1e-9)
+    assert result.widths == {g.name: g.width - 1 for g in groups}
+    assert all(s.distance < 1e-12 for s in result.merge_log)
+    slim = slim_model(model, result.state_dict).eval()
+    x = torch.randn(8, 3, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(slim(x), model.eval()(x), rtol=0, atol=1e-5)
+    assert [m.out_channels for m in slim if isinstance(m, nn.Conv2d)] == [5, 7, 4]
+
+
+def _one_group_net(width: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, width), nn.ReLU(), nn.Linear(width, 3))
+    sd = model.state_dict()
+    return sd, build_groups(sd, chain_spaces(sd))
+
+
+def test_beta_just_below_and_above_the_triggering_ratio():
+    sd, groups = _one_group_net(12)
+    d = naive_distance({k: v.double() for k, v in sd.items()}, groups[0].members, 12)
+    off = ~torch.eye(12, dtype=torch.bool)
+    ratio = d[off].min().item() / d[off].max().item()
+    below = iterative_feature_merging(sd, groups, beta=ratio * (1 - 1e-9))
+    above = iterative_feature_merging(sd, groups, beta=ratio * (1 + 1e-9))
+    assert below.n_merges == 0 and below.widths == {groups[0].name: 12}
+    assert above.n_merges >= 1 and above.merge_log[0].distance == pytest.approx(d[off].min().item())
+
+
+def test_max_ratio_caps_outer_iterations_like_the_official_code():
+    sd, groups = _one_group_net(64)
+    capped = iterative_feature_merging(sd, groups, beta=0.999, max_ratio=0.1)
+    assert capped.n_merges == 7  # ceil(64 * 0.1), as the official code (10.9 %)
+    tiny = iterative_feature_merging(sd, groups, beta=0.999, max_ratio=1e-9)
+    assert tiny.n_merges == 1  # iteration 0 < 64 * 1e-9: one visit, at most one merge
+    layerwise = iterative_feature_merging(sd, groups, beta=0.999, max_ratio=0.1, order="layerwise")
+    assert layerwise.n_merges == 7
+
+
+def test_groups_of_width_one_and_two():
+    sd, groups = _one_group_net(2)
+    assert iterative_feature_merging(sd, groups, beta=0.99).n_merges == 0  # d_min == d_max, needs beta >= 1
+    copy_channel(sd, groups[0], 0, 1)
+    merged = iterative_feature_merging(sd, groups, beta=0.5)
+    assert merged.widths == {groups[0].name: 1} and merged.n_merges == 1  # identical: ties merge
+    again = iterative_feature_merging(merged.state_dict, build_groups(merged.state_dict, chain_spaces(merged.state_dict)),
+                                      beta=0.99)
+    assert again.n_merges == 0 and list(again.widths.values()) == [1]
+
+
+def test_all_zero_and_duplicate_channels_merge_cleanly_with_row_major_ties():
+    sd, groups = _one_group_net(8)
+    for key, axis in groups[0].members:
+        w = sd[key]
+        view = w.view(8, -1) if axis == 0 else w.view(w.shape[0], 8, -1)
+        for dead in (2, 6):
+            if axis == 0:
+                view[dead] = 0
+            else:
+                view[:, dead] = 0
+    copy_channel(sd, groups[0], 1, 5)
+    result = iterative_feature_merging(sd, groups, beta=1e-6)
+    # two exact ties at distance 0: (1, 5) comes before (2, 6) in row-major order
+    assert [(s.i, s.j) for s in result.merge_log][:2] == [(1, 5), (1, 4)]
+    assert result.merge_log[0].distance == 0.0 and result.widths[groups[0].name] == 6
+    assert sorted(result.clusters[groups[0].name][-2:]) == [[1, 5], [2, 6]]
+
+
+def test_incremental_distances_equal_a_fresh_computation():
+    arch, sd, groups = _weights_with_duplicates("ResNet18")
+    merger = IterativeMerger(sd, groups)
+    result = merger.run(beta=0.6)
+    assert result.n_merges > 20
+    fresh = IterativeMerger(result.state_dict, channel_groups(arch, result.state_dict))
+    for gi, st in enumerate(merger.states):
+        live = torch.tensor(st.official_slots())
+        torch.testing.assert_close(merger.distances(gi)[live][:, live], fresh.distances(gi), rtol=1e-5, atol=1e-6)
+
+
+def test_float32_option_and_input_not_modified():
+    arch, sd, groups = _weights_with_duplicates("VGG11")
+    before = copy.deepcopy(sd)
+    r64 = iterative_feature_merging(sd, groups, beta=0.3)
+    r32 = iterative_feature_merging(sd, groups, beta=0.3, dtype=torch.float32)
+    assert r64.widths == r32.widths and r64.n_merges > 0
+    assert all(torch.equal(before[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("beta,max_ratio", [(0.0, 1.0), (1.0, 1.0), (-0.1, 1.0), (0.1, 0.0), (0.1, 1.5)])
+def test_bad_hyperparameters_raise(beta, max_ratio):
+    sd, groups = _one_group_net(4)
+    with pytest.raises(ValueError, match="beta|max_ratio"):
+        iterative_feature_merging(sd, groups, beta=beta, max_ratio=max_ratio)
