@@ -1,0 +1,52 @@
+"""Evaluation: accuracy and loss with a progress bar, on tensors or a Dataset."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TensorImages
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # percent
+    loss: float  # mean cross-entropy over samples
+    samples: int
+
+
+def tensor_batches(data: TensorImages, batch_size: int, device: torch.device,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Float batches in [0, 1] (ToTensor), optionally normalised, on ``device``."""
+    norm = None
+    if mean is not None:
+        norm = (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
+    for start in range(0, len(data), batch_size):
+        x = data.images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
+        if norm is not None:
+            x = (x - norm[0]) / norm[1]
+        yield x, data.labels[start:start + batch_size].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None,
+             device: torch.device | str = "cpu", desc: str = "eval", progress: bool = True) -> EvalResult:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` in eval mode."""
+    from tqdm.auto import tqdm
+    model.eval()
+    correct, loss_sum, seen = 0, 0.0, 0
+    with tqdm(total=total, desc=desc, unit="img", leave=False, disable=not progress) as bar:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.update(len(y))
+    if seen == 0:
+        raise ValueError("evaluation set is empty")
+    return EvalResult(100.0 * correct / seen, loss_sum / seen, seen)

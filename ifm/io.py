@@ -1,0 +1,103 @@
+"""Checkpoints and result files: clear errors, atomic writes, nothing silently overwritten."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from .errors import IFMError
+
+Tensor = torch.Tensor
+WRAPPER_KEYS = ("state_dict", "net", "model")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the file into place, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_state_dict_file(path: str | os.PathLike | None) -> dict[str, Tensor]:
+    """Read a checkpoint: a plain state dict, or one wrapped in ``state_dict``/``net``/``model``,
+    with or without a ``module.`` prefix (DataParallel)."""
+    if path is None:
+        raise IFMError("no checkpoint given: pass --model_param PATH")
+    path = Path(path)
+    if not path.is_file():
+        raise IFMError(f"checkpoint not found: {path} (pass --model_param pointing at a saved state dict)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable, truncated, or a pickled module
+        raise IFMError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                       " (expected a torch.save'd state dict)") from None
+    for key in WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise IFMError(f"{path} holds no state dict (a dict of tensors, possibly under 'state_dict', 'net' or 'model')")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save atomically; refuse to replace an existing file unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise IFMError(f"{path} exists; choose another path or pass --overwrite")
+    return atomic_write(path, lambda tmp: torch.save(dict(state_dict), tmp))
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file (identifies a checkpoint for caches)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Append one JSON line (written and flushed in one call: earlier lines are never touched)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Records of a JSON-lines file (a torn last line, from a killed writer, is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))

@@ -1,0 +1,275 @@
+"""The self-merge experiment behind the four entry scripts: load, merge, measure, evaluate, record.
+
+Argument names follow the official scripts (``--model_param``, ``--threshold``, ``--max_ratio``,
+``--vgg_name``...). Every bad input ends in one :class:`IFMError` line and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import data as datasets
+from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict
+from .errors import IFMError
+from .evaluate import EvalResult, evaluate, tensor_batches
+from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict
+from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
+from .metrics import count_flops, count_params
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+DEFAULT_RESULTS = "results/self_merge.jsonl"
+
+
+def pick_device(name: str | None) -> torch.device:
+    """``--device`` or, by default, CUDA when present."""
+    if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise IFMError(f"--device {name} asked for, but CUDA is not available; use --device cpu")
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------- arguments
+def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: str) -> None:
+    """Arguments shared by the entry scripts (official names first)."""
+    p = parser
+    p.add_argument("--model_param", default=None, help="checkpoint: a state dict (or wrapped in state_dict/net/model)")
+    if dataset == "cifar10":
+        if family == "vgg":
+            p.add_argument("--vgg_name", default="VGG16", choices=["VGG11", "VGG13", "VGG16", "VGG19"])
+        else:
+            p.add_argument("--resnet_name", default="ResNet18", choices=["ResNet18", "ResNet34", "ResNet50"])
+    else:
+        default = "vgg16" if family == "vgg" else "resnet50"
+        p.add_argument("--arch", default=default, help="torchvision name, e.g. vgg16, vgg16_bn, resnet50")
+        p.add_argument("--weights", default=None, help="torchvision weights instead of --model_param, e.g. IMAGENET1K_V1")
+    p.add_argument("--threshold", type=float, default=0.1, help="beta of Eq. 9, in (0, 1)")
+    p.add_argument("--max_ratio", type=float, default=1.0, help="cap on merges per group, in (0, 1]")
+    p.add_argument("--order", default="official", choices=["official", "layerwise"],
+                   help="official: one merge per group per sweep; layerwise: paper Algorithm 1")
+    if family == "resnet":
+        p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNet stages to merge (default: 3 4)")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="distance bookkeeping")
+    p.add_argument("--data_root", default="data/cifar10" if dataset == "cifar10" else "data/imagenet")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if absent")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--batch_size", type=int, default=64 if dataset == "imagenet" else 256)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--eval_samples", type=int, default=None, help="evaluate on N test images spread evenly")
+    p.add_argument("--no_eval", action="store_true", help="merge only (IFM needs no data)")
+    p.add_argument("--save_merged", default=None, help="write the merged state dict here")
+    p.add_argument("--overwrite", action="store_true", help="allow --save_merged to replace a file")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="append one JSON line per run here")
+    p.add_argument("--no_progress", action="store_true")
+
+
+# --------------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedModel:
+    arch: Architecture
+    state_dict: dict[str, torch.Tensor]
+    checkpoint: str  # path or torchvision weights name
+    digest: str  # identifies the weights for caches
+    normalize: tuple | None  # (mean, std) for CIFAR, if the checkpoint was trained normalised
+
+
+def arch_name(args: argparse.Namespace) -> str:
+    for attr in ("vgg_name", "resnet_name", "arch"):
+        if getattr(args, attr, None):
+            return getattr(args, attr)
+    raise IFMError("no architecture given")
+
+
+def _torchvision_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    import torchvision
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+        chosen = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError):
+        raise IFMError(f"unknown --weights {weights!r} for {arch}") from None
+    if not datasets.network_reachable("download.pytorch.org"):
+        raise IFMError(f"cannot download {arch} {weights}: no network; pass --model_param with a local .pth copy")
+    return chosen.get_state_dict(progress=True)
+
+
+def _training_normalization(checkpoint: Path) -> tuple | None:
+    """(mean, std) if ``train_model.py``'s config next to the checkpoint says data.normalize."""
+    import yaml
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        cfg = folder / "config.yml"
+        if cfg.is_file():
+            try:
+                if (yaml.safe_load(cfg.read_text()) or {}).get("data", {}).get("normalize"):
+                    return CIFAR10_MEAN, CIFAR10_STD
+            except yaml.YAMLError:
+                return None
+            return None
+    return None
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """Read the checkpoint (or torchvision weights) and check it fits the architecture."""
+    arch = get_architecture(arch_name(args))
+    if getattr(args, "weights", None):
+        if args.model_param:
+            raise IFMError("pass either --model_param or --weights, not both")
+        state_dict = _torchvision_weights(arch.name, args.weights)
+        checkpoint, digest, normalize = f"torchvision:{arch.name}.{args.weights}", f"tv:{arch.name}:{args.weights}", None
+    else:
+        if args.model_param is None:
+            hint = " or --weights IMAGENET1K_V1" if arch.dataset == "imagenet" else ""
+            raise IFMError(f"no checkpoint given: pass --model_param PATH{hint}")
+        state_dict = load_state_dict_file(args.model_param)
+        checkpoint, digest = str(args.model_param), file_digest(args.model_param)
+        normalize = _training_normalization(Path(args.model_param)) if arch.dataset == "cifar10" else None
+    model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
+    return LoadedModel(arch, state_dict, checkpoint, digest, normalize)
+
+
+# --------------------------------------------------------------------------------------- evaluation
+class Evaluator:
+    """Evaluates models on the (possibly subsampled) test split, loading the data once."""
+
+    def __init__(self, loaded: LoadedModel, args: argparse.Namespace, device: torch.device):
+        self.device, self.args, self.loaded = device, args, loaded
+        if loaded.arch.dataset == "cifar10":
+            test = datasets.load_cifar10(args.data_root, "test", download=args.download)
+            self.data = test.subset(datasets.spread_indices(len(test), args.eval_samples))
+            self.total = len(self.data)
+        else:
+            full = datasets.imagenet_val(args.data_root)
+            from torch.utils.data import Subset
+            self.data = Subset(full, datasets.spread_indices(len(full), args.eval_samples).tolist())
+            self.total = len(self.data)
+
+    def batches(self) -> Iterable:
+        if isinstance(self.data, datasets.TensorImages):
+            mean, std = self.loaded.normalize or (None, None)
+            return tensor_batches(self.data, self.args.batch_size, self.device, mean, std)
+        from torch.utils.data import DataLoader
+        return DataLoader(self.data, batch_size=self.args.batch_size, num_workers=self.args.workers)
+
+    def __call__(self, model: nn.Module, desc: str) -> EvalResult:
+        return evaluate(model.to(self.device), self.batches(), self.total, self.device, desc,
+                        progress=not self.args.no_progress)
+
+    def baseline(self, model: nn.Module, cache_path: Path) -> EvalResult:
+        """The original model's accuracy, cached per checkpoint next to the results."""
+        key = {"digest": self.loaded.digest, "data_root": str(Path(self.args.data_root).resolve()),
+               "eval_samples": self.total, "normalize": bool(self.loaded.normalize)}
+        for record in read_jsonl(cache_path):
+            if record.get("key") == key:
+                return EvalResult(record["accuracy"], record["loss"], record["samples"])
+        result = self(model, "eval original")
+        append_jsonl(cache_path, {"key": key, "accuracy": result.accuracy, "loss": result.loss,
+                                  "samples": result.samples})
+        return result
+
+
+# --------------------------------------------------------------------------------------- running
+def merge_loaded(loaded: LoadedModel, args: argparse.Namespace, device: torch.device) -> MergeResult:
+    """IFM on the loaded weights with the arguments' β, max_ratio, order, stages and dtype."""
+    groups = channel_groups(loaded.arch, loaded.state_dict, getattr(args, "stages", None))
+    return iterative_feature_merging(loaded.state_dict, groups, beta=args.threshold, max_ratio=args.max_ratio,
+                                     order=args.order, dtype=getattr(torch, args.dtype), device=device,
+                                     progress=not args.no_progress)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Checks that need no work, done before anything is computed or written."""
+    try:
+        check_hyperparameters(args.threshold, args.max_ratio)
+    except ValueError as exc:
+        raise IFMError(str(exc)) from None
+    if args.save_merged and Path(args.save_merged).exists() and not args.overwrite:
+        raise IFMError(f"{args.save_merged} exists; choose another --save_merged path or pass --overwrite")
+    if args.eval_samples is not None and args.eval_samples <= 0:
+        raise IFMError(f"--eval_samples must be positive, got {args.eval_samples}")
+
+
+def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,
+                   evaluator: Evaluator | None = None) -> dict:
+    """One self-merge run; returns the JSON record (also appended to ``args.results``)."""
+    validate(args)
+    device = pick_device(args.device)
+    loaded = loaded or load_model(args)
+    if not args.no_eval and evaluator is None:
+        evaluator = Evaluator(loaded, args, device)  # fails on a bad data root before any work
+    original = model_for_state_dict(loaded.arch, loaded.state_dict)
+    result = merge_loaded(loaded, args, device)
+    merged = model_for_state_dict(loaded.arch, result.state_dict)
+    record = make_record(loaded, args, result, original, merged, device)
+    if not args.no_eval:
+        before = evaluator.baseline(original, Path(args.results).parent / "baseline_cache.jsonl")
+        after = evaluator(merged, "eval merged")
+        record.update(acc_before=before.accuracy, acc_after=after.accuracy, loss_before=before.loss,
+                      loss_after=after.loss, eval_samples=after.samples)
+    if args.save_merged:
+        save_state_dict(result.state_dict, args.save_merged, overwrite=args.overwrite)
+        record["saved_to"] = str(args.save_merged)
+    append_jsonl(args.results, record)
+    return record
+
+
+def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResult, original: nn.Module,
+                merged: nn.Module, device: torch.device) -> dict:
+    size = loaded.arch.input_size
+    params_before, params_after = count_params(original), count_params(merged)
+    flops_before, flops_after = count_flops(original, size), count_flops(merged, size)
+    return {
+        "model": loaded.arch.name, "dataset": loaded.arch.dataset, "checkpoint": loaded.checkpoint,
+        "method": "ifm", "beta": args.threshold, "max_ratio": args.max_ratio, "order": args.order,
+        "stages": getattr(args, "stages", None), "dtype": args.dtype,
+        "widths": result.widths, "original_widths": result.original_widths, "n_merges": result.n_merges,
+        "params_before": params_before, "params_after": params_after,
+        "params_pct": 100.0 * params_after / params_before,
+        "flops_before": flops_before, "flops_after": flops_after, "flops_pct": 100.0 * flops_after / flops_before,
+        "acc_before": None, "acc_after": None, "loss_before": None, "loss_after": None, "eval_samples": None,
+        "merge_seconds": result.seconds, "iterations": result.iterations, "device": str(device),
+        "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def format_record(record: dict) -> str:
+    """The short before/after table printed at the end of a run."""
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+    lines = [f"{record['model']} ({record['dataset']})  beta={record['beta']}  max_ratio={record['max_ratio']}  "
+             f"order={record['order']}  method={record['method']}",
+             f"{'':10s}{'before':>16s}{'after':>16s}{'%':>9s}",
+             f"{'accuracy':10s}{fmt(record['acc_before'], '16.2f')}{fmt(record['acc_after'], '16.2f')}",
+             f"{'loss':10s}{fmt(record['loss_before'], '16.4f')}{fmt(record['loss_after'], '16.4f')}",
+             f"{'params':10s}{record['params_before']:16,d}{record['params_after']:16,d}{record['params_pct']:9.2f}",
+             f"{'FLOPs':10s}{record['flops_before']:16,d}{record['flops_after']:16,d}{record['flops_pct']:9.2f}",
+             f"merges: {record['n_merges']} in {record['merge_seconds']:.2f}s ({record['iterations']} iterations)"
+             + (f"; evaluated on {record['eval_samples']} images" if record['eval_samples'] else ""),
+             "widths: " + ", ".join(f"{k}={v}/{record['original_widths'][k]}" for k, v in record["widths"].items())]
+    return "\n".join(lines)
+
+
+def cli(dataset: str, family: str, argv: Sequence[str] | None = None,
+        run: Callable[[argparse.Namespace], dict] = run_self_merge) -> int:
+    """Entry point of the ``*_self_merge.py`` scripts: one line on stderr and exit 2 on bad input."""
+    parser = argparse.ArgumentParser(description=f"Iterative Feature Merging on a {dataset} {family.upper()}")
+    add_merge_arguments(parser, dataset, family)
+    add_extension_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        record = run(args)
+    except IFMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_record(record))
+    print(f"results appended to {args.results}")
+    return 0
+
+
+def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options beyond the paper (none yet; see the README)."""

@@ -1,0 +1,10 @@
+"""Iterative Feature Merging on a imagenet VGG: merge, measure, evaluate, append a JSON line.
+
+Example: python vgg_imagenet_self_merge.py --help
+"""
+import sys
+
+from ifm.selfmerge import cli
+
+if __name__ == "__main__":
+    sys.exit(cli("imagenet", "vgg"))
