@@ -122,10 +122,15 @@ def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | 
             return TensorImages(cached["images"], cached["labels"], classes)
         except Exception:
             pass  # a corrupt cache is rebuilt
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image
     from tqdm.auto import tqdm
-    images = [decode_image(read_file(str(f)), mode=ImageReadMode.RGB)
-              for f, _ in tqdm(files, desc=f"decoding {folder.name}", unit="img", leave=False)]
+
+    def decode(path: Path) -> torch.Tensor:
+        with Image.open(path) as img:
+            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+    images = [decode(f) for f, _ in tqdm(files, desc=f"decoding {folder.name}", unit="img", leave=False)]
     if len({tuple(i.shape) for i in images}) != 1:
         raise IFMError(f"images in {folder} differ in size; CIFAR-style folders must hold equal-sized images")
     result = TensorImages(torch.stack(images), torch.tensor([label for _, label in files]), classes)

@@ -30,6 +30,8 @@ Order = Literal["official", "layerwise"]
 
 #: A squared distance below this fraction of ``|v_i|^2 + |v_j|^2`` is an exact duplicate (0).
 TIE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+#: Two pairs whose distances differ by less than this relative amount are tied (row-major order wins).
+RELATIVE_TIE = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
 @dataclass(frozen=True)
@@ -93,27 +95,63 @@ def _gram(m: Tensor) -> Tensor:
 
 
 class _GroupState:
-    """Bookkeeping of one group over its original slots."""
+    """Bookkeeping of one group.
+
+    Weights keep their original channel *slots*; the Gram matrices are kept compact over the live
+    channels (*positions* ``0..width-1``): when a channel dies, the last position moves into its place.
+    """
 
     def __init__(self, index: int, group: ChannelGroup, dtype: torch.dtype, device: torch.device):
         n = group.width
         self.index, self.group, self.n0 = index, group, n
-        self.alive = torch.ones(n, dtype=torch.bool, device=device)
-        self.pair_mask = ~torch.eye(n, dtype=torch.bool, device=device)
-        self.counts = [1.0] * n
+        self.counts = [1.0] * n  # per slot
         self.official: list[int] = list(range(n))  # live slots in the official channel order
-        self.clusters: list[list[int]] = [[c] for c in range(n)]
+        self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
+        self.pos2slot: list[int] = list(range(n))
+        self.slot2pos: dict[int, int] = {s: s for s in range(n)}
         self.g_row = torch.zeros(n, n, dtype=dtype, device=device)
         self.g_col = torch.zeros(n, n, dtype=dtype, device=device)
+        self.buffer = torch.empty(0, dtype=dtype, device=device)
         self.width = n
         self.n_merges = 0
         self.dirty = True
+        # After a declined visit: its (d_min, d_max) and a bound on how far any distance has moved
+        # since, through neighbours' low-rank updates (None: unknown, a full look is needed).
+        self.declined_at: tuple[float, float] | None = None
+        self.drift = 0.0
+
+    def still_declines(self, beta: float) -> bool:
+        """Whether Eq. 9 provably still says stop, without looking (distances moved <= drift)."""
+        if self.declined_at is None:
+            return False
+        d_min, d_max = self.declined_at
+        return d_min - self.drift > beta * (d_max + self.drift)
 
     def official_rank(self, slot: int) -> int:
         return self.official.index(slot)
 
     def official_slots(self) -> list[int]:
         return list(self.official)
+
+    def positions(self, device: torch.device) -> Tensor:
+        """Slot of every live position (to gather weight slices into Gram order)."""
+        return torch.tensor(self.pos2slot, device=device)
+
+    def remove_position(self, pos: int) -> None:
+        """Drop a dead position from the compact Gram matrices (the last position moves into it)."""
+        last = self.width - 1
+        dead_slot = self.pos2slot[pos]
+        if pos != last:
+            for gram in (self.g_row, self.g_col):
+                gram[pos, :last + 1] = gram[last, :last + 1]
+                gram[:last + 1, pos] = gram[:last + 1, last]
+                gram[pos, pos] = gram[last, last]
+            moved = self.pos2slot[last]
+            self.pos2slot[pos] = moved
+            self.slot2pos[moved] = pos
+        self.pos2slot.pop()
+        del self.slot2pos[dead_slot]
+        self.width -= 1
 
 
 @dataclass
@@ -159,36 +197,66 @@ class IterativeMerger:
                 else:
                     st.g_col += _gram(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
 
-    def distances(self, gi: int) -> Tensor:
-        """Eq. 6 distances between the group's slots (dead slots hold garbage; see ``pair_mask``)."""
-        st = self.states[gi]
-        gram = st.g_row + st.g_col
-        diag = gram.diagonal()
+    def _distances_into_buffer(self, st: _GroupState) -> tuple[Tensor, Tensor]:
+        """Raw Gram-identity distances of the live positions (in a reused buffer) and the norms."""
+        w = st.width
+        if st.buffer.numel() < w * w:
+            st.buffer = torch.empty(w * w, dtype=self.dtype, device=self.device)
+        dist = st.buffer[: w * w].view(w, w)
+        torch.add(st.g_row[:w, :w], st.g_col[:w, :w], out=dist)
+        diag = dist.diagonal().clone()
+        dist.mul_(-2.0).add_(diag[:, None]).add_(diag[None, :])
+        return dist, diag
+
+    def _snap(self, dist: Tensor, diag: Tensor) -> Tensor:
+        """Below the Gram identity's rounding level a pair is an exact duplicate: its distance is 0,
+        so exact ties are ties (broken in row-major order) and no distance is negative."""
         norms = diag[:, None] + diag[None, :]
-        dist = norms - 2.0 * gram
-        # Below the Gram identity's rounding level a pair is an exact duplicate: snap it to 0 so
-        # that exact ties are ties (broken in row-major order) and never negative.
         return dist.masked_fill_(dist <= TIE_TOLERANCE[self.dtype] * norms, 0.0)
 
-    def closest_pair(self, gi: int) -> tuple[int, int, float, float] | None:
-        """``(slot_a, slot_b, d_min, d_max)`` of the closest live pair (official-order ties), or None."""
+    def distances(self, gi: int) -> Tensor:
+        """Eq. 6 distances between the group's live channels, in the official channel order."""
         st = self.states[gi]
-        if st.width < 2:
+        dist, diag = self._distances_into_buffer(st)
+        dist = self._snap(dist.clone(), diag)
+        order = torch.tensor([st.slot2pos[s] for s in st.official], device=self.device)
+        return dist[order][:, order]
+
+    def closest_pair(self, gi: int) -> tuple[int, int, float, float] | None:
+        """``(slot_a, slot_b, d_min, d_max)`` of the closest pair (official-order ties), or None."""
+        st = self.states[gi]
+        w = st.width
+        if w < 2:
             return None
-        dist = self.distances(gi)
-        masked = dist.masked_fill(~st.pair_mask, math.inf)
-        d_min = masked.min()
-        d_max = dist.masked_fill(~st.pair_mask, -math.inf).max().item()
-        candidates = (masked == d_min).nonzero().tolist()
-        if len(candidates) == 2:  # the symmetric pair (a, b), (b, a)
-            a, b = candidates[0]
-        else:
+        dist, diag = self._distances_into_buffer(st)
+        diagonal = dist.diagonal()
+        diagonal.fill_(-math.inf)
+        d_max = dist.max().item()
+        diagonal.fill_(math.inf)
+        row_min = dist.min(dim=1).values
+        d_min = row_min.min().item()
+        if d_min <= TIE_TOLERANCE[self.dtype] * 2 * diag.max().item():
+            # rounding-level distances: snap them to exact zeros, then every zero is a candidate
+            self._snap(dist, diag)
+            diagonal.fill_(-math.inf)
+            d_max = dist.max().item()
+            diagonal.fill_(math.inf)
+            d_min = dist.min().item()
+            candidates = (dist == d_min).nonzero().tolist()
+        else:  # pairs within a relative 1e-12 (the asymmetry of Gram rounding) are tied
+            limit = d_min * (1 + RELATIVE_TIE[self.dtype])
+            rows = (row_min <= limit).nonzero().flatten().tolist()
+            candidates = [(i, j) for i in rows for j in (dist[i] <= limit).nonzero().flatten().tolist()]
+        slots = [(st.pos2slot[i], st.pos2slot[j]) for i, j in candidates]
+        if len(slots) > 1:
             ranked = []
-            for a, b in candidates:
+            for a, b in slots:
                 ra, rb = st.official_rank(a), st.official_rank(b)
                 ranked.append(((min(ra, rb), max(ra, rb)), a, b))
             _, a, b = min(ranked)
-        return a, b, d_min.item(), d_max
+        else:
+            a, b = slots[0]
+        return a, b, d_min, d_max
 
     # ----------------------------------------------------------------------------- merging
     def merge(self, gi: int, a: int, b: int) -> None:
@@ -210,28 +278,25 @@ class IterativeMerger:
                 cols = _cols(w, st.n0)
                 cols[:, a] = wa * cols[:, a] + wb * cols[:, b]
                 cols[:, b] = 0
-        self._merge_own_gram(st.g_row, a, b, 1.0, 1.0)
-        self._merge_own_gram(st.g_col, a, b, wa, wb)
+        pa, pb = st.slot2pos[a], st.slot2pos[b]
+        self._merge_own_gram(st.g_row, pa, pb, 1.0, 1.0, st.width)
+        self._merge_own_gram(st.g_col, pa, pb, wa, wb, st.width)
+        st.remove_position(pb)
         st.counts[a], st.counts[b] = na + nb, 0.0
         st.clusters[a], st.clusters[b] = sorted(st.clusters[a] + st.clusters[b]), []
         st.official.remove(a)
         st.official.remove(b)
         st.official.append(a)  # the merged channel goes last, as in the official code
-        st.alive[b] = False
-        st.pair_mask[b, :] = False
-        st.pair_mask[:, b] = False
-        st.width -= 1
         st.n_merges += 1
         st.dirty = True
 
     @staticmethod
-    def _merge_own_gram(gram: Tensor, a: int, b: int, wa: float, wb: float) -> None:
-        """Gram update for slot ``a := wa·a + wb·b`` (``wa = wb = 1`` for summed rows)."""
+    def _merge_own_gram(gram: Tensor, a: int, b: int, wa: float, wb: float, width: int) -> None:
+        """Gram update for position ``a := wa·a + wb·b`` (``wa = wb = 1`` for summed rows)."""
         g_aa, g_ab, g_bb = gram[a, a].item(), gram[a, b].item(), gram[b, b].item()
-        row = wa * gram[a] + wb * gram[b]
-        gram[a], gram[:, a] = row, row
+        row = wa * gram[a, :width] + wb * gram[b, :width]
+        gram[a, :width], gram[:width, a] = row, row
         gram[a, a] = wa * wa * g_aa + 2 * wa * wb * g_ab + wb * wb * g_bb
-        gram[b], gram[:, b] = 0, 0
 
     def _update_linked_gram(self, st: _GroupState, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
         """Low-rank update of the other group's Gram matrix for a merge of slots a, b in ``st``."""
@@ -247,21 +312,27 @@ class IterativeMerger:
             old_a, old_b = blocks[a], blocks[b]
             new = old_a + old_b
             target = other.g_col
-        stacked = torch.cat([new, old_a, old_b], dim=1)
-        signed = torch.cat([new, -old_a, -old_b], dim=1)
-        target += signed @ stacked.T
+        order = other.positions(self.device)
+        stacked = torch.cat([new, old_a, old_b], dim=1)[order]
+        signed = torch.cat([new, -old_a, -old_b], dim=1)[order]
+        w = other.width
+        target[:w, :w].addmm_(signed, stacked.T)
+        if other.declined_at is not None:  # |dD_ij| <= sum over the three slices of 4 max_i |p_i|^2
+            other.drift += 4.0 * sum(p.square().sum(dim=1).max().item() for p in (new, old_a, old_b))
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
     def visit(self, gi: int, beta: float, iteration: int, log: list[MergeStep]) -> bool:
         """Examine group ``gi`` once: merge its closest pair unless Eq. 9 says stop."""
         st = self.states[gi]
-        if not st.dirty:
+        if not st.dirty or st.still_declines(beta):
             return False
         found = self.closest_pair(gi)
         if found is None or found[2] > beta * found[3]:
             st.dirty = False
+            st.declined_at, st.drift = (found[2], found[3]) if found else None, 0.0
             return False
+        st.declined_at = None
         a, b, d_min, _ = found
         ra, rb = st.official_rank(a), st.official_rank(b)
         log.append(MergeStep(iteration, st.group.name, min(ra, rb), max(ra, rb), d_min))
@@ -310,20 +381,20 @@ class IterativeMerger:
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
         index = {(m.key, m.axis): torch.tensor(st.official_slots(), device=self.device)
-                 for st in self.states for m in st.group.members}
+                 for st in self.states for m in st.group.members if st.official != list(range(st.n0))}
         widths = {(m.key, m.axis): st.n0 for st in self.states for m in st.group.members}
         merged: dict[str, Tensor] = {}
         for key, source in self.source.items():
             if key not in self.weights:
                 merged[key] = source.clone()
                 continue
-            w = self.weights[key]
+            w = self.weights[key].to(source.dtype)
             if (key, 0) in index:
-                w = _rows(w, widths[(key, 0)])[index[(key, 0)]].reshape(-1, *w.shape[1:])
+                w = _rows(w, widths[(key, 0)]).index_select(0, index[(key, 0)]).reshape(-1, *w.shape[1:])
             if (key, 1) in index:
                 n0, keep = widths[(key, 1)], index[(key, 1)]
-                w = _cols(w, n0)[:, keep].reshape(w.shape[0], w.shape[1] * len(keep) // n0, *w.shape[2:])
-            merged[key] = w.to(source.device, source.dtype)
+                w = _cols(w, n0).index_select(1, keep).reshape(w.shape[0], w.shape[1] * len(keep) // n0, *w.shape[2:])
+            merged[key] = w.to(source.device)
         return merged
 
 

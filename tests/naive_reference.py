@@ -47,8 +47,21 @@ def naive_merge(params, members, counts, i, j, n):
     return counts[:-1]
 
 
-def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official"):
-    """``groups``: list of (name, width, [(key, axis), ...]). Returns (params, widths, log)."""
+class NaiveDeadline(Exception):
+    """Raised when ``deadline`` passes; ``visits`` says how many distance matrices were computed."""
+
+    def __init__(self, visits):
+        super().__init__(f"deadline passed after {visits} visits")
+        self.visits = visits
+
+
+def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official", deadline=None):
+    """``groups``: list of (name, width, [(key, axis), ...]). Returns (params, widths, log).
+
+    ``deadline``: a ``time.perf_counter()`` value after which :class:`NaiveDeadline` is raised.
+    """
+    import time
+    visits = [0]
     params = {k: v.detach().clone().double() for k, v in state_dict.items()}
     widths = {name: n for name, n, _ in groups}
     counts = {name: [1.0] * n for name, n, _ in groups}
@@ -58,6 +71,9 @@ def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official"):
         n = widths[name]
         if n < 2:
             return False
+        if deadline is not None and time.perf_counter() > deadline:
+            raise NaiveDeadline(visits[0])
+        visits[0] += 1
         d = naive_distance(params, members, n)
         off = ~torch.eye(n, dtype=torch.bool)
         d_min, d_max = d[off].min().item(), d[off].max().item()

@@ -1,0 +1,122 @@
+"""Benchmark: our incremental IFM against a naive re-computation of the official algorithm.
+
+For each input it prints the wall time of our merge (everything: Gram pass, merging, gathering the
+state dict), of the naive algorithm (``tests/naive_reference.py``: every visit recomputes the group's
+full distance matrix, as the official code does), their ratio, and the *floor*: one full distance
+computation of all groups, which no correct method can beat. It also checks that both produce the
+same widths and merge sequence.
+
+Inputs (issue 3): CIFAR VGG16 with many near-duplicate channels at β = 0.1, the shared trained VGG11
+(``--vgg11``) at β = 0.1 and 0.2, and torchvision VGG16 (random init, ImageNet shapes) at a β giving
+about 5 % merges. The naive run of the ImageNet case would take hours: it is stopped after
+``--naive_budget`` seconds and its total is extrapolated from its time per outer iteration.
+
+    python scripts/bench_merge.py --vgg11 ../shared/checkpoints/vgg11_cifar10_s0.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402
+from ifm import channel_groups, iterative_feature_merging  # noqa: E402
+from ifm.io import load_state_dict_file  # noqa: E402
+from tests.helpers import copy_channel  # noqa: E402
+from tests.naive_reference import NaiveDeadline, naive_distance, naive_ifm  # noqa: E402
+
+
+def near_duplicate_vgg16(seed: int = 0, prototypes: float = 0.25, noise: float = 0.02) -> dict:
+    """CIFAR VGG16 whose channels are noisy copies of a quarter of them (rows and columns)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sd = models.create_model("VGG16").state_dict()
+    for group in channel_groups("VGG16", sd):
+        keep = max(1, int(group.width * prototypes))
+        for dst in range(keep, group.width):
+            copy_channel(sd, group, dst % keep, dst, noise=noise, generator=gen)
+    return sd
+
+
+def floor_seconds(sd: dict, groups) -> float:
+    """One full Eq. 6 distance computation of every group (float64)."""
+    params = {k: v.double() for k, v in sd.items()}
+    start = time.perf_counter()
+    for g in groups:
+        naive_distance(params, g.members, g.width)
+    return time.perf_counter() - start
+
+
+def timed_naive(sd: dict, groups, beta: float, budget: float) -> dict:
+    """The naive algorithm, stopped after ``budget`` seconds (then extrapolated per visit)."""
+    spec = [(g.name, g.width, g.members) for g in groups]
+    start = time.perf_counter()
+    try:
+        _, widths, log = naive_ifm(sd, spec, beta, deadline=start + budget)
+        return {"seconds": time.perf_counter() - start, "widths": widths, "log": log, "estimated": False}
+    except NaiveDeadline as stop:
+        elapsed = time.perf_counter() - start
+        return {"seconds": elapsed, "per_visit": elapsed / max(stop.visits, 1), "estimated": True}
+
+
+def bench(name: str, sd: dict, arch: str, beta: float, budget: float) -> dict:
+    groups = channel_groups(arch, sd)
+    floor = floor_seconds(sd, groups)
+    start = time.perf_counter()
+    ours = iterative_feature_merging(sd, groups, beta=beta, device="cpu")
+    ours_seconds = time.perf_counter() - start
+    naive = timed_naive(sd, groups, beta, budget)
+    if naive["estimated"]:  # every outer iteration visits every group once, as the official loop does
+        naive_total = naive["per_visit"] * len(groups) * ours.iterations
+        same = "n/a (naive stopped)"
+    else:
+        naive_total = naive["seconds"]
+        ours_log = [(s.iteration, s.group, s.i, s.j) for s in ours.merge_log]
+        naive_log = [(it, g, min(i, j), max(i, j)) for it, g, i, j in naive["log"]]
+        same = ours.widths == naive["widths"] and ours_log == naive_log
+    channels = sum(ours.original_widths.values())
+    row = {"input": name, "beta": beta, "merges": ours.n_merges, "merged_pct": 100 * ours.n_merges / channels,
+           "iterations": ours.iterations, "ours_s": ours_seconds, "naive_s": naive_total,
+           "naive_estimated": naive["estimated"], "floor_s": floor, "speedup": naive_total / ours_seconds,
+           "ours_over_floor": ours_seconds / floor, "identical": same}
+    print(f"{name:28s} beta={beta:<5} merges={ours.n_merges:5d} ({row['merged_pct']:5.1f}%) "
+          f"ours={ours_seconds:8.2f}s naive={naive_total:9.2f}s{'*' if naive['estimated'] else ' '} "
+          f"floor={floor:7.2f}s  naive/ours={row['speedup']:7.1f}x  ours/floor={row['ours_over_floor']:5.2f}  "
+          f"identical={same}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vgg11", default=str(ROOT.parent / "shared/checkpoints/vgg11_cifar10_s0.pt"))
+    parser.add_argument("--imagenet_beta", type=float, default=0.815)
+    parser.add_argument("--naive_budget", type=float, default=120.0, help="seconds before the naive run is cut")
+    parser.add_argument("--skip_imagenet", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; * = extrapolated naive total")
+    rows = [bench("CIFAR VGG16 near-duplicates", near_duplicate_vgg16(), "VGG16", 0.1, args.naive_budget * 5)]
+    if Path(args.vgg11).is_file():
+        sd = load_state_dict_file(args.vgg11)
+        rows += [bench("trained VGG11 (shared)", sd, "VGG11", beta, args.naive_budget) for beta in (0.1, 0.2)]
+    else:
+        print(f"(skipping the trained VGG11: {args.vgg11} not found)")
+    if not args.skip_imagenet:
+        import torchvision
+        torch.manual_seed(0)
+        sd = torchvision.models.vgg16(weights=None).state_dict()
+        rows.append(bench("ImageNet VGG16 (random)", sd, "vgg16", args.imagenet_beta, args.naive_budget))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

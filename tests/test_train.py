@@ -1,0 +1,105 @@
+"""Training from configs: every config's model trains, resume is exact, bad configs fail clearly."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_model
+from ifm.config import load_config
+from ifm.errors import IFMError
+from ifm.io import read_jsonl
+from ifm.selfmerge import cli
+from ifm.train import augment, train_from_config
+
+CFGS = sorted(Path(__file__).resolve().parents[1].glob("cfg/*_training.yml"))
+VGG11_CFG = next(p for p in CFGS if p.stem == "vgg11_training")
+TINY = ["train.epochs=1", "train.batch_size=16", "model.width=0.125", "data.test_samples=20", "train.device=cpu"]
+
+
+def test_all_seven_configs_exist_and_follow_the_paper():
+    assert {p.stem for p in CFGS} == {f"{m}_training" for m in
+                                      ["vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50"]}
+    for path in CFGS:
+        cfg = load_config(path)
+        assert (cfg.train.epochs, cfg.train.lr, cfg.train.weight_decay, cfg.train.milestones) == (150, 0.1, 1e-4, [80, 120])
+        assert cfg.data.augment == ["crop", "flip"] and cfg.data.normalize is False
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
+def test_one_epoch_on_tiny_data(cfg, cifar_root, tmp_path):
+    config = load_config(cfg, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
+    run_dir, history = train_from_config(config, cfg.stem, "t", progress=False)
+    assert len(history) == 1 and history[0].train_loss > 0 and 0 <= history[0].test_acc <= 100
+    assert (run_dir / "params" / "model_epoch0.pt").exists()
+    assert (run_dir / "curves.png").stat().st_size > 0 and (run_dir / "config.yml").exists()
+    assert len(list(read_jsonl(run_dir / "metrics.jsonl"))) == 1
+
+
+def test_resume_repeats_an_uninterrupted_run_exactly(cifar_root, tmp_path):
+    common = ["train.epochs=3", "train.batch_size=16", "model.width=0.125", "data.test_samples=20",
+              "train.device=cpu", "train.milestones=[1]", f"data.root={cifar_root}"]
+    full = load_config(VGG11_CFG, common + [f"output_dir={tmp_path / 'a'}"])
+    run_a, hist_a = train_from_config(full, "cfg", "x", progress=False)
+    part = load_config(VGG11_CFG, common + [f"output_dir={tmp_path / 'b'}", "train.epochs=2"])
+    train_from_config(part, "cfg", "x", progress=False)
+    rest = load_config(VGG11_CFG, common + [f"output_dir={tmp_path / 'b'}"])
+    run_b, hist_b = train_from_config(rest, "cfg", "x", resume=True, progress=False)
+    assert [h.epoch for h in hist_b] == [2]
+    curve_a = [r["train_loss"] for r in read_jsonl(run_a / "metrics.jsonl")]
+    curve_b = [r["train_loss"] for r in read_jsonl(run_b / "metrics.jsonl")]
+    assert curve_a == curve_b
+    sd_a = torch.load(run_a / "params" / "model_epoch2.pt", weights_only=True)
+    sd_b = torch.load(run_b / "params" / "model_epoch2.pt", weights_only=True)
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_run(cifar_root, tmp_path, capsys):
+    argv = ["--cfg", str(VGG11_CFG), "--prefix", "p", "--data_root", str(cifar_root), "--no_progress",
+            "--set", *TINY, f"output_dir={tmp_path}"]
+    assert train_model.main(argv) == 0
+    assert train_model.main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train_model.main(argv[:4] + ["--prefix", "other", "--resume", "--set", f"output_dir={tmp_path}"]) == 2
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown config key 'train.epoch'"),
+    ("train.epochs=three", "config key 'train.epochs'"),
+    ("optimiser.lr=0.1", "unknown config key 'optimiser'"),
+    ("data.augment=[rotate]", "unknown augmentation 'rotate'"),
+])
+def test_bad_configs_fail_clearly(override, message):
+    with pytest.raises(IFMError, match=message.replace("[", r"\[")):
+        load_config(VGG11_CFG, [override])
+
+
+def test_unknown_key_in_a_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("model:\n  name: VGG11\n  depth: 3\n")
+    with pytest.raises(IFMError, match="model.depth"):
+        load_config(bad)
+
+
+def test_augment_crop_and_flip():
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    out = augment(images, ["crop", "flip"], gen)
+    assert out.shape == images.shape
+    assert torch.equal(augment(images, [], gen), images)
+    flipped = augment(images, ["flip"], torch.Generator().manual_seed(3))
+    for k in range(2):
+        assert torch.equal(flipped[k], images[k]) or torch.equal(flipped[k], images[k].flip(2))
+    cropped = augment(images, ["crop"], gen)  # every crop is a shifted window with zero padding
+    assert ((cropped == 0) | torch.isin(cropped, images)).all()
+
+
+def test_trained_checkpoint_runs_through_the_self_merge_script(cifar_root, tmp_path):
+    config = load_config(VGG11_CFG, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
+    run_dir, _ = train_from_config(config, "vgg11_training", "quick", progress=False)
+    ckpt = run_dir / "params" / "model_epoch0.pt"
+    results = tmp_path / "r.jsonl"
+    assert cli("cifar10", "vgg", ["--vgg_name", "VGG11", "--model_param", str(ckpt), "--data_root", str(cifar_root),
+                                  "--results", str(results), "--no_progress"]) == 0
+    (record,) = list(read_jsonl(results))
+    assert record["params_before"] == sum(v.numel() for k, v in torch.load(ckpt).items()
+                                          if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))

@@ -1,0 +1,41 @@
+"""Train a CIFAR-10 model from a YAML config.
+
+    python train_model.py --cfg cfg/vgg16_training.yml --prefix model_a
+    python train_model.py --cfg cfg/vgg11_training.yml --prefix quick --data_root ../shared/data/cifar10 \\
+        --set train.epochs=1 data.subset=5000 model.width=0.25
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from ifm.config import load_config
+from ifm.errors import IFMError
+from ifm.train import train_from_config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="a YAML config (see cfg/)")
+    parser.add_argument("--prefix", default="model", help="run name: output/<date>/<prefix>_<cfg name>/")
+    parser.add_argument("--data_root", default=None, help="shortcut for --set data.root=...")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    parser.add_argument("--resume", action="store_true", help="continue the newest run of this prefix and config")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    try:
+        config = load_config(args.cfg, overrides)
+        run_dir, history = train_from_config(config, Path(args.cfg).stem, args.prefix, args.resume,
+                                             progress=not args.no_progress)
+    except IFMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    last = sorted((run_dir / "params").glob("model_epoch*.pt"), key=lambda p: int(p.stem[len("model_epoch"):]))
+    print(f"run directory: {run_dir}")
+    if last:
+        print(f"last checkpoint: {last[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
