@@ -225,8 +225,7 @@ def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResu
     flops_before, flops_after = count_flops(original, size), count_flops(merged, size)
     return {
         "model": loaded.arch.name, "dataset": loaded.arch.dataset, "checkpoint": loaded.checkpoint,
-        "method": "ifm", "beta": args.threshold, "max_ratio": args.max_ratio, "order": args.order,
-        "stages": getattr(args, "stages", None), "dtype": args.dtype,
+        **record_settings(args),
         "widths": result.widths, "original_widths": result.original_widths, "n_merges": result.n_merges,
         "params_before": params_before, "params_after": params_after,
         "params_pct": 100.0 * params_after / params_before,
@@ -235,6 +234,12 @@ def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResu
         "merge_seconds": result.seconds, "iterations": result.iterations, "device": str(device),
         "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def record_settings(args: argparse.Namespace) -> dict:
+    """The settings of a run, as written into its record."""
+    return {"method": "ifm", "beta": args.threshold, "max_ratio": args.max_ratio, "order": args.order,
+            "stages": getattr(args, "stages", None), "dtype": args.dtype}
 
 
 def format_record(record: dict) -> str:

@@ -1,0 +1,79 @@
+"""β sweeps: one self-merge run per β, appended to one results file, resumable.
+
+A β whose record (same model, checkpoint, method and settings) is already in the results file is
+skipped, so an interrupted sweep restarted with the same command loses nothing and repeats nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Iterable, Sequence
+
+from .io import read_jsonl
+from .selfmerge import Evaluator, load_model, pick_device, run_self_merge, validate
+
+PAPER_BETAS: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.1, 0.12, 0.14, 0.15, 0.18, 0.2)
+OFFICIAL_EXTRA_BETAS: tuple[float, ...] = (0.22, 0.24, 0.25, 0.26, 0.28, 0.3)
+SAME_RUN_FIELDS = ("model", "checkpoint", "method", "max_ratio", "order", "stages", "dtype", "eval_samples",
+                   "bn_mode", "recalibrate_bn", "seed")
+
+
+def run_key(record: dict) -> tuple:
+    """What identifies a run besides β (fields absent from older records count as None)."""
+    return tuple(str(record.get(f)) for f in SAME_RUN_FIELDS)
+
+
+def matching_records(results: str, key: tuple) -> dict[float, dict]:
+    """Records of ``results`` with this key, by β (the last one wins)."""
+    return {float(r["beta"]): r for r in read_jsonl(results) if run_key(r) == key}
+
+
+def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[dict]:
+    """Run ``args`` for every β not yet in ``args.results``; returns the records of all ``betas``."""
+    for beta in betas:
+        validate(_with_beta(args, beta))
+    device = pick_device(args.device)
+    loaded = load_model(args)
+    evaluator = None if args.no_eval else Evaluator(loaded, args, device)
+    records: list[dict] = []
+    for beta in betas:
+        run_args = _with_beta(args, beta)
+        key = run_key(_expected_record(run_args, loaded.checkpoint, evaluator))
+        done = matching_records(args.results, key)
+        if beta in done:
+            log(f"beta={beta}: already in {args.results}, skipped")
+            records.append(done[beta])
+            continue
+        record = run_self_merge(run_args, loaded=loaded, evaluator=evaluator)
+        acc = "-" if record["acc_after"] is None else f"{record['acc_after']:.2f}%"
+        log(f"beta={beta}: {record['n_merges']} merges, params {record['params_pct']:.2f}%, accuracy {acc}")
+        records.append(record)
+    return records
+
+
+def _with_beta(args: argparse.Namespace, beta: float) -> argparse.Namespace:
+    run_args = copy.copy(args)
+    run_args.threshold = beta
+    return run_args
+
+
+def _expected_record(args: argparse.Namespace, checkpoint: str, evaluator) -> dict:
+    """The identifying fields a run of ``args`` will write (see ``make_record``)."""
+    from .selfmerge import arch_name, record_settings
+    record = record_settings(args)
+    record.update(model=arch_name(args), checkpoint=checkpoint,
+                  eval_samples=None if evaluator is None else evaluator.total)
+    return record
+
+
+def parse_betas(values: Iterable[str]) -> list[float]:
+    """``["paper"]``, ``["official"]`` or numbers."""
+    betas: list[float] = []
+    for value in values:
+        if value == "paper":
+            betas += PAPER_BETAS
+        elif value == "official":
+            betas += PAPER_BETAS + OFFICIAL_EXTRA_BETAS
+        else:
+            betas.append(float(value))
+    return sorted(set(betas))

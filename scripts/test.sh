@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: the whole test suite inside the project's virtual environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "no virtual environment at $VENV: run 'bash scripts/demo.sh' (or 'bash scripts/setup.sh') first" >&2
+  exit 2
+fi
+exec "$VENV/bin/python" -m pytest "$@"
