@@ -109,8 +109,8 @@ class _GroupState:
         self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
         self.pos2slot: list[int] = list(range(n))
         self.slot2pos: dict[int, int] = {s: s for s in range(n)}
-        self.g_row = torch.zeros(n, n, dtype=dtype, device=device)
-        self.g_col = torch.zeros(n, n, dtype=dtype, device=device)
+        self.gram = torch.zeros(2, n, n, dtype=dtype, device=device)  # [rows part, columns part]
+        self.pos_tensor = torch.arange(n, device=device)
         self.buffer = torch.empty(0, dtype=dtype, device=device)
         self.width = n
         self.n_merges = 0
@@ -133,19 +133,29 @@ class _GroupState:
     def official_slots(self) -> list[int]:
         return list(self.official)
 
-    def positions(self, device: torch.device) -> Tensor:
+    @property
+    def g_row(self) -> Tensor:
+        """Gram matrix of the producer rows (axis-0 members)."""
+        return self.gram[0]
+
+    @property
+    def g_col(self) -> Tensor:
+        """Gram matrix of the consumer columns (axis-1 members)."""
+        return self.gram[1]
+
+    def positions(self) -> Tensor:
         """Slot of every live position (to gather weight slices into Gram order)."""
-        return torch.tensor(self.pos2slot, device=device)
+        return self.pos_tensor[: self.width]
 
     def remove_position(self, pos: int) -> None:
         """Drop a dead position from the compact Gram matrices (the last position moves into it)."""
         last = self.width - 1
         dead_slot = self.pos2slot[pos]
         if pos != last:
-            for gram in (self.g_row, self.g_col):
-                gram[pos, :last + 1] = gram[last, :last + 1]
-                gram[:last + 1, pos] = gram[:last + 1, last]
-                gram[pos, pos] = gram[last, last]
+            gram = self.gram
+            gram[:, pos, :last + 1] = gram[:, last, :last + 1]
+            gram[:, :last + 1, pos] = gram[:, :last + 1, last]
+            self.pos_tensor[pos] = self.pos_tensor[last]
             moved = self.pos2slot[last]
             self.pos2slot[pos] = moved
             self.slot2pos[moved] = pos
@@ -193,9 +203,9 @@ class IterativeMerger:
             for m in st.group.distance_members(self.weights):
                 w = self.weights[m.key]
                 if m.axis == 0:
-                    st.g_row += _gram(_rows(w, st.n0))
+                    st.gram[0] += _gram(_rows(w, st.n0))
                 else:
-                    st.g_col += _gram(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
+                    st.gram[1] += _gram(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
 
     def _distances_into_buffer(self, st: _GroupState) -> tuple[Tensor, Tensor]:
         """Raw Gram-identity distances of the live positions (in a reused buffer) and the norms."""
@@ -203,7 +213,7 @@ class IterativeMerger:
         if st.buffer.numel() < w * w:
             st.buffer = torch.empty(w * w, dtype=self.dtype, device=self.device)
         dist = st.buffer[: w * w].view(w, w)
-        torch.add(st.g_row[:w, :w], st.g_col[:w, :w], out=dist)
+        torch.add(st.gram[0, :w, :w], st.gram[1, :w, :w], out=dist)
         diag = dist.diagonal().clone()
         dist.mul_(-2.0).add_(diag[:, None]).add_(diag[None, :])
         return dist, diag
@@ -268,19 +278,16 @@ class IterativeMerger:
         wa, wb = na / (na + nb), nb / (na + nb)
         for link in self.links[gi]:
             self._update_linked_gram(st, link, a, b, wa, wb)
-        for m in st.group.members:
+        for m in st.group.members:  # dead slots keep stale values: nothing reads them again
             w = self.weights[m.key]
             if m.axis == 0:
                 rows = _rows(w, st.n0)
                 rows[a] += rows[b]
-                rows[b] = 0
             else:
                 cols = _cols(w, st.n0)
-                cols[:, a] = wa * cols[:, a] + wb * cols[:, b]
-                cols[:, b] = 0
+                cols[:, a].mul_(wa).add_(cols[:, b], alpha=wb)
         pa, pb = st.slot2pos[a], st.slot2pos[b]
-        self._merge_own_gram(st.g_row, pa, pb, 1.0, 1.0, st.width)
-        self._merge_own_gram(st.g_col, pa, pb, wa, wb, st.width)
+        self._merge_own_gram(st.gram, pa, pb, wa, wb, st.width)
         st.remove_position(pb)
         st.counts[a], st.counts[b] = na + nb, 0.0
         st.clusters[a], st.clusters[b] = sorted(st.clusters[a] + st.clusters[b]), []
@@ -290,35 +297,44 @@ class IterativeMerger:
         st.n_merges += 1
         st.dirty = True
 
-    @staticmethod
-    def _merge_own_gram(gram: Tensor, a: int, b: int, wa: float, wb: float, width: int) -> None:
-        """Gram update for position ``a := wa·a + wb·b`` (``wa = wb = 1`` for summed rows)."""
-        g_aa, g_ab, g_bb = gram[a, a].item(), gram[a, b].item(), gram[b, b].item()
-        row = wa * gram[a, :width] + wb * gram[b, :width]
-        gram[a, :width], gram[:width, a] = row, row
-        gram[a, a] = wa * wa * g_aa + 2 * wa * wb * g_ab + wb * wb * g_bb
+    def _merge_own_gram(self, gram: Tensor, a: int, b: int, wa: float, wb: float, width: int) -> None:
+        """Position ``a`` becomes the merged channel: rows part ``a + b``, columns part ``wa·a + wb·b``."""
+        coef_a = torch.tensor([1.0, wa], dtype=self.dtype, device=self.device)
+        coef_b = torch.tensor([1.0, wb], dtype=self.dtype, device=self.device)
+        diag = coef_a * coef_a * gram[:, a, a] + 2 * coef_a * coef_b * gram[:, a, b] + coef_b * coef_b * gram[:, b, b]
+        row = coef_a[:, None] * gram[:, a, :width] + coef_b[:, None] * gram[:, b, :width]
+        gram[:, a, :width] = row
+        gram[:, :width, a] = row
+        gram[:, a, a] = diag
 
     def _update_linked_gram(self, st: _GroupState, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
-        """Low-rank update of the other group's Gram matrix for a merge of slots a, b in ``st``."""
+        """Rank-2k update of the other group's Gram matrix for a merge of slots a, b in ``st``.
+
+        With A, B the two slices (one row per channel of the other group): summed rows give
+        ``dG = A B^T + B A^T``; a weighted mean of columns gives ``N N^T - A A^T - B B^T`` with
+        ``N = wa A + wb B``. Both are ``V U^T`` with ``U = [A, B]``.
+        """
         other = self.states[link.other]
+        order = other.positions()
         w = self.weights[link.key]
         if link.axis == 1:  # we merge columns (weighted mean); the other group owns the rows
             cols = _cols(w, st.n0)
-            old_a, old_b = cols[:, a], cols[:, b]
-            new = wa * old_a + wb * old_b
-            target = other.g_row
+            pair = cols.index_select(1, torch.tensor([a, b], device=self.device))[order]  # (w, 2, k)
+            A, B = pair[:, 0], pair[:, 1]
+            V = torch.cat([(wa * wa - 1) * A + (wa * wb) * B, (wa * wb) * A + (wb * wb - 1) * B], dim=1)
+            target = other.gram[0]
+            new = wa * A + wb * B
         else:  # we sum rows; the other group owns the columns of this tensor
             blocks = w.reshape(st.n0, other.n0, -1)
-            old_a, old_b = blocks[a], blocks[b]
-            new = old_a + old_b
-            target = other.g_col
-        order = other.positions(self.device)
-        stacked = torch.cat([new, old_a, old_b], dim=1)[order]
-        signed = torch.cat([new, -old_a, -old_b], dim=1)[order]
-        w = other.width
-        target[:w, :w].addmm_(signed, stacked.T)
-        if other.declined_at is not None:  # |dD_ij| <= sum over the three slices of 4 max_i |p_i|^2
-            other.drift += 4.0 * sum(p.square().sum(dim=1).max().item() for p in (new, old_a, old_b))
+            A, B = blocks[a][order], blocks[b][order]
+            V = torch.cat([B, A], dim=1)
+            target = other.gram[1]
+            new = A + B
+        U = torch.cat([A, B], dim=1)
+        n = other.width
+        target[:n, :n].addmm_(V, U.T)
+        if other.declined_at is not None:  # |dD_ij| <= 2 (S_i + S_j), S = |n|^2 + |a|^2 + |b|^2 per row
+            other.drift += 4.0 * (new.square().sum(dim=1) + U.square().sum(dim=1)).max().item()
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver

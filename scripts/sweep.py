@@ -1,0 +1,54 @@
+"""β sweep for any model and checkpoint: one self-merge run per β, appended to one results file.
+
+    python scripts/sweep.py --family vgg --vgg_name VGG11 --model_param ckpt.pt --data_root data/cifar10 \\
+        --betas paper --eval_samples 2000
+    python scripts/sweep.py --dataset imagenet --family resnet --arch resnet50 --weights IMAGENET1K_V2 --betas paper
+
+β values already in the results file (same model, checkpoint and settings) are skipped: an
+interrupted sweep restarted with the same command loses nothing and repeats nothing. All other
+arguments are those of the ``*_self_merge.py`` scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ifm.errors import IFMError  # noqa: E402
+from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
+from ifm.sweep import parse_betas, sweep  # noqa: E402
+
+
+def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenet"])
+    pre.add_argument("--family", default="vgg", choices=["vgg", "resnet"])
+    known, _ = pre.parse_known_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__, parents=[pre],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_merge_arguments(parser, known.dataset, known.family)
+    add_extension_arguments(parser)
+    parser.add_argument("--betas", nargs="+", default=["paper"],
+                        help="'paper' (App. D grid), 'official' (+ 0.22..0.3) or numbers")
+    parser.set_defaults(results="results/sweep.jsonl")
+    args = parser.parse_args(argv)
+    try:
+        records = sweep(args, parse_betas(args.betas))
+    except IFMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
+    print(f"\n{records[0]['model']} {records[0]['checkpoint']}"
+          + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
+    print(f"{'beta':>6} {'merges':>7} {'params %':>9} {'FLOPs %':>8} {'accuracy':>9}")
+    for r in records:
+        acc = "-" if r.get("acc_after") is None else f"{r['acc_after']:.2f}%"
+        print(f"{r['beta']:>6g} {r['n_merges']:>7d} {r['params_pct']:>9.2f} {r['flops_pct']:>8.2f} {acc:>9}")
+    print(f"results: {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Sweeps and paper reproduction scripts on tiny models and generated data."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import reproduce  # noqa: E402
+import sweep as sweep_script  # noqa: E402
+from ifm import channel_groups, iterative_feature_merging, permute_channels  # noqa: E402
+from ifm.figures import equivalence_permutations, largest_beta_within, random_permutations  # noqa: E402
+from ifm.io import read_jsonl  # noqa: E402
+from tests.naive_reference import naive_distance  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_checkpoints, cifar_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    argv = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--data_root", str(cifar_root),
+            "--results", str(out / "sweep.jsonl"), "--no_progress", "--betas", "0.3", "0.6", "0.8"]
+    assert sweep_script.main(argv) == 0
+    return out, argv
+
+
+def test_sweep_appends_and_skips_done_betas(swept, capsys):
+    out, argv = swept
+    records = list(read_jsonl(out / "sweep.jsonl"))
+    assert [r["beta"] for r in records] == [0.3, 0.6, 0.8]
+    assert records[-1]["n_merges"] >= records[0]["n_merges"]
+    argv2 = argv[:-3] + ["0.6", "0.9"]  # 0.6 is done: only 0.9 runs
+    assert sweep_script.main(argv2) == 0
+    assert "beta=0.6: already in" in capsys.readouterr().out
+    assert [r["beta"] for r in read_jsonl(out / "sweep.jsonl")] == [0.3, 0.6, 0.8, 0.9]
+
+
+def test_fig3a_fig3b_fig5a_from_sweep_records(swept, tmp_path, capsys):
+    out, _ = swept
+    results = str(out / "sweep.jsonl")
+    assert reproduce.main(["fig3a", "--results", results, "--out", str(tmp_path)]) == 0
+    assert reproduce.main(["fig3b", "--results", results, "--out", str(tmp_path)]) == 0
+    assert reproduce.main(["fig5a", "--results", results, "--beta", "0.8", "--out", str(tmp_path)]) == 0
+    for name in ["fig3a.png", "fig3b.png", "fig3b.csv", "fig5a.png", "fig5a.csv"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    records = list(read_jsonl(results))
+    chosen = largest_beta_within(records)
+    expected = max((r for r in records if r["acc_after"] >= 0.95 * r["acc_before"]), key=lambda r: r["beta"])
+    assert chosen["beta"] == expected["beta"]
+    csv_rows = (tmp_path / "fig5a.csv").read_text().splitlines()
+    widths_08 = next(r for r in records if r["beta"] == 0.8)["widths"]
+    assert len(csv_rows) == 1 + len(widths_08) and csv_rows[1].endswith(f",{list(widths_08.values())[0]}")
+    assert reproduce.main(["fig5a", "--results", results, "--beta", "0.55", "--out", str(tmp_path)]) == 2
+
+
+def test_largest_beta_rule():
+    recs = [{"beta": b, "acc_before": 90.0, "acc_after": a} for b, a in [(0.1, 89), (0.2, 86), (0.3, 85), (0.4, 70)]]
+    assert largest_beta_within(recs)["beta"] == 0.2  # 86 >= 85.5 > 85
+
+
+def test_fig2a_heatmaps_match_a_direct_computation(tiny_checkpoints, tmp_path):
+    assert reproduce.main(["fig2a", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--layers", "0,7", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "distances.png").stat().st_size > 0
+    from ifm.figures import normalized_distances
+    from ifm.io import load_state_dict_file
+    sd = load_state_dict_file(tiny_checkpoints["VGG11"])
+    group = channel_groups("VGG11", sd)[7]
+    direct = naive_distance({k: v.double() for k, v in sd.items()}, group.members, group.width)
+    ours = normalized_distances(sd, "VGG11", [7])[group.name]
+    torch.testing.assert_close(ours.double(), direct / direct.max(), rtol=1e-4, atol=1e-5)
+
+
+def test_equivalence_permutation_rotates_clusters_and_random_moves_as_many():
+    perms, moved = equivalence_permutations({"g": [[0], [1, 4, 5], [2, 3]]}, {"g": 6})
+    assert perms["g"].tolist() == [0, 5, 3, 2, 1, 4] and moved == 5
+    rand = random_permutations({"g": 10}, {"g": 4}, seed=0)["g"]
+    assert sorted(rand.tolist()) == list(range(10)) and (rand != torch.arange(10)).sum() == 4
+
+
+def test_fig2b_endpoints_and_files(tiny_checkpoints, cifar_root, tmp_path):
+    assert reproduce.main(["fig2b", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--data_root", str(cifar_root), "--betas", "0.6", "--lambdas", "0,0.5,1",
+                           "--out", str(tmp_path), "--no_progress"]) == 0
+    (curve,) = json.loads((tmp_path / "fig2b.json").read_text())
+    assert curve["equivalent"][0] == curve["random"][0]  # λ = 0 is θ itself
+    assert curve["moved_features"] > 0 and (tmp_path / "fig2b.png").stat().st_size > 0
+
+
+def test_permuted_weights_at_lambda_one_compute_the_same_function(tiny_checkpoints):
+    from ifm.io import load_state_dict_file
+    from ifm import model_for_state_dict
+    sd = load_state_dict_file(tiny_checkpoints["VGG11"])
+    groups = channel_groups("VGG11", sd)
+    result = iterative_feature_merging(sd, groups, beta=0.6)
+    perms, _ = equivalence_permutations(result.clusters, result.original_widths)
+    x = torch.rand(2, 3, 32, 32)
+    a = model_for_state_dict("VGG11", sd).eval()(x)
+    b = model_for_state_dict("VGG11", permute_channels(sd, groups, perms)).eval()(x)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_table2_small(tmp_path, capsys):
+    assert reproduce.main(["table2", "--models", "cifar10:VGG13", "cifar10:ResNet18", "--device", "cpu",
+                           "--out", str(tmp_path)]) == 0
+    rows = (tmp_path / "table2.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("cifar10,VGG13,0.018 ± 0.003,")
+
+
+def test_guided_backprop(tiny_checkpoints, cifar_root, tmp_path):
+    assert reproduce.main(["guided", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--data_root", str(cifar_root), "--layer", "features.11", "--beta", "0.6",
+                           "--images", "3", "--out", str(tmp_path), "--no_progress"]) == 0
+    assert (tmp_path / "guided_backprop.png").stat().st_size > 0
+    assert reproduce.main(["guided", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--data_root", str(cifar_root), "--layer", "features.2", "--out", str(tmp_path)]) == 2
+
+
+def test_guided_backprop_zeroes_other_features():
+    from ifm.figures import guided_backprop
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    x = torch.rand(1, 3, 8, 8)
+    only_0 = guided_backprop(model, "1", [0], x)
+    with torch.no_grad():
+        model[0].weight[1:] = 0  # other features cannot matter
+    assert torch.allclose(only_0, guided_backprop(model, "1", [0], x))
