@@ -322,18 +322,17 @@ class IterativeMerger:
             pair = cols.index_select(1, torch.tensor([a, b], device=self.device))[order]  # (w, 2, k)
             A, B = pair[:, 0], pair[:, 1]
             V = torch.cat([(wa * wa - 1) * A + (wa * wb) * B, (wa * wb) * A + (wb * wb - 1) * B], dim=1)
-            target = other.gram[0]
-            new = wa * A + wb * B
+            target, mix = other.gram[0], (wa, wb)
         else:  # we sum rows; the other group owns the columns of this tensor
             blocks = w.reshape(st.n0, other.n0, -1)
             A, B = blocks[a][order], blocks[b][order]
             V = torch.cat([B, A], dim=1)
-            target = other.gram[1]
-            new = A + B
+            target, mix = other.gram[1], (1.0, 1.0)
         U = torch.cat([A, B], dim=1)
         n = other.width
         target[:n, :n].addmm_(V, U.T)
         if other.declined_at is not None:  # |dD_ij| <= 2 (S_i + S_j), S = |n|^2 + |a|^2 + |b|^2 per row
+            new = mix[0] * A + mix[1] * B
             other.drift += 4.0 * (new.square().sum(dim=1) + U.square().sum(dim=1)).max().item()
         other.dirty = True
 
