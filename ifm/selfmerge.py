@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from . import beyond
 from . import data as datasets
 from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict
 from .errors import IFMError
@@ -160,6 +161,15 @@ class Evaluator:
         return evaluate(model.to(self.device), self.batches(), self.total, self.device, desc,
                         progress=not self.args.no_progress)
 
+    def train_batches(self, n: int) -> Iterable:
+        """N training images spread over the training split (for BN recalibration)."""
+        if self.loaded.arch.dataset != "cifar10":
+            raise IFMError("--recalibrate_bn is implemented for CIFAR-10 models")
+        train = datasets.load_cifar10(self.args.data_root, "train", download=self.args.download)
+        subset = train.subset(datasets.spread_indices(len(train), n))
+        mean, std = self.loaded.normalize or (None, None)
+        return tensor_batches(subset, self.args.batch_size, self.device, mean, std)
+
     def baseline(self, model: nn.Module, cache_path: Path) -> EvalResult:
         """The original model's accuracy, cached per checkpoint next to the results."""
         key = {"digest": self.loaded.digest, "data_root": str(Path(self.args.data_root).resolve()),
@@ -175,11 +185,25 @@ class Evaluator:
 
 # --------------------------------------------------------------------------------------- running
 def merge_loaded(loaded: LoadedModel, args: argparse.Namespace, device: torch.device) -> MergeResult:
-    """IFM on the loaded weights with the arguments' β, max_ratio, order, stages and dtype."""
+    """IFM on the loaded weights with the arguments' β, max_ratio, order, stages, dtype and BN mode."""
+    state_dict = loaded.state_dict
+    groups = channel_groups(loaded.arch, state_dict, getattr(args, "stages", None))
+    fold = getattr(args, "bn_mode", "official") == "fold"
+    if fold:
+        state_dict, groups = beyond.fold_batchnorm(state_dict), beyond.without_bn_statistics(groups)
+    result = iterative_feature_merging(state_dict, groups, beta=args.threshold, max_ratio=args.max_ratio,
+                                       order=args.order, dtype=getattr(torch, args.dtype), device=device,
+                                       progress=not args.no_progress)
+    if fold:
+        result.state_dict = beyond.reset_identity_bn(result.state_dict)
+    return result
+
+
+def baseline_state_dicts(loaded: LoadedModel, args: argparse.Namespace, widths: dict) -> list[dict]:
+    """``--baseline l1|random``: pruned state dicts at IFM's widths (random: one per seed)."""
     groups = channel_groups(loaded.arch, loaded.state_dict, getattr(args, "stages", None))
-    return iterative_feature_merging(loaded.state_dict, groups, beta=args.threshold, max_ratio=args.max_ratio,
-                                     order=args.order, dtype=getattr(torch, args.dtype), device=device,
-                                     progress=not args.no_progress)
+    seeds = range(args.seeds) if args.baseline == "random" else [0]
+    return [beyond.prune_to_widths(loaded.state_dict, groups, widths, args.baseline, seed) for seed in seeds]
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -204,13 +228,24 @@ def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,
         evaluator = Evaluator(loaded, args, device)  # fails on a bad data root before any work
     original = model_for_state_dict(loaded.arch, loaded.state_dict)
     result = merge_loaded(loaded, args, device)
-    merged = model_for_state_dict(loaded.arch, result.state_dict)
+    merged_states = [result.state_dict]
+    if getattr(args, "baseline", None):
+        merged_states = baseline_state_dicts(loaded, args, result.widths)
+    merged = model_for_state_dict(loaded.arch, merged_states[0])
     record = make_record(loaded, args, result, original, merged, device)
     if not args.no_eval:
         before = evaluator.baseline(original, Path(args.results).parent / "baseline_cache.jsonl")
-        after = evaluator(merged, "eval merged")
-        record.update(acc_before=before.accuracy, acc_after=after.accuracy, loss_before=before.loss,
-                      loss_after=after.loss, eval_samples=after.samples)
+        runs = []
+        for state in merged_states:
+            model = model_for_state_dict(loaded.arch, state)
+            if getattr(args, "recalibrate_bn", 0):
+                model = beyond.recalibrate_bn(model.to(device), evaluator.train_batches(args.recalibrate_bn))
+            runs.append(evaluator(model, "eval merged"))
+        accs = torch.tensor([r.accuracy for r in runs])
+        record.update(acc_before=before.accuracy, acc_after=accs.mean().item(), loss_before=before.loss,
+                      loss_after=sum(r.loss for r in runs) / len(runs), eval_samples=runs[0].samples)
+        if len(runs) > 1:
+            record.update(acc_after_std=accs.std().item(), acc_after_runs=accs.tolist())
     if args.save_merged:
         save_state_dict(result.state_dict, args.save_merged, overwrite=args.overwrite)
         record["saved_to"] = str(args.save_merged)
@@ -238,8 +273,9 @@ def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResu
 
 def record_settings(args: argparse.Namespace) -> dict:
     """The settings of a run, as written into its record."""
-    return {"method": "ifm", "beta": args.threshold, "max_ratio": args.max_ratio, "order": args.order,
-            "stages": getattr(args, "stages", None), "dtype": args.dtype}
+    return {"method": getattr(args, "baseline", None) or "ifm", "beta": args.threshold, "max_ratio": args.max_ratio,
+            "order": args.order, "stages": getattr(args, "stages", None), "dtype": args.dtype,
+            "bn_mode": getattr(args, "bn_mode", "official"), "recalibrate_bn": getattr(args, "recalibrate_bn", 0)}
 
 
 def format_record(record: dict) -> str:
@@ -277,4 +313,12 @@ def cli(dataset: str, family: str, argv: Sequence[str] | None = None,
 
 
 def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options beyond the paper (none yet; see the README)."""
+    """Options beyond the paper; the defaults keep the official behaviour."""
+    p = parser
+    p.add_argument("--bn_mode", default="official", choices=["official", "fold"],
+                   help="official: BN statistics summed on merge; fold: BN folded into the convs first")
+    p.add_argument("--recalibrate_bn", type=int, default=0, metavar="N",
+                   help="after merging, re-estimate BN statistics on N training images (data-dependent)")
+    p.add_argument("--baseline", default=None, choices=["l1", "random"],
+                   help="evaluate channel pruning at IFM's widths instead of the merged model")
+    p.add_argument("--seeds", type=int, default=5, help="--baseline random: number of seeds")

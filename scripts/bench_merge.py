@@ -96,7 +96,8 @@ def bench(name: str, sd: dict, arch: str, beta: float, budget: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vgg11", default=str(ROOT.parent / "shared/checkpoints/vgg11_cifar10_s0.pt"))
-    parser.add_argument("--imagenet_beta", type=float, default=0.815)
+    parser.add_argument("--imagenet_beta", type=float, default=0.81,
+                        help="random-init VGG16 merges 2.3%% at 0.81 and cascades to ~19%% at 0.815")
     parser.add_argument("--naive_budget", type=float, default=120.0, help="seconds before the naive run is cut")
     parser.add_argument("--skip_imagenet", action="store_true")
     parser.add_argument("--json", default=None, help="also write the rows here")

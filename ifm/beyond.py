@@ -1,0 +1,131 @@
+"""Beyond the paper: BN-aware merging, BN recalibration, and channel-pruning baselines.
+
+None of this runs by default; the official semantics stay untouched.
+
+* ``fold``: every BatchNorm is folded into the layer before it (scale into its weight rows, shift
+  into the BN bias) and left as the identity plus that bias. Merging then sums the folded rows and
+  biases and never sums BN statistics, so merging exact duplicates preserves the function.
+* ``recalibrate_bn``: re-estimate BN running statistics on training images after merging.
+* ``prune_to_widths``: keep, in every group, the channels with the largest L1 norm (magnitude
+  pruning) or random ones, at the widths IFM found.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, Member
+
+Tensor = torch.Tensor
+BN_STATS = ("weight", "running_mean", "running_var")
+
+
+def _bn_prefixes(state_dict: Mapping[str, Tensor]) -> list[str]:
+    return [k[: -len(".running_mean")] for k in state_dict if k.endswith(".running_mean")]
+
+
+def _producer_of(state_dict: Mapping[str, Tensor], bn: str) -> str | None:
+    """The conv/linear whose weight comes right before ``bn`` in state-dict order."""
+    previous = None
+    for key, value in state_dict.items():
+        if key == f"{bn}.weight":
+            return previous
+        if key.endswith(".weight") and value.ndim >= 2:
+            previous = key[: -len(".weight")]
+    return None
+
+
+def fold_batchnorm(state_dict: Mapping[str, Tensor], eps: float = 1e-5) -> dict[str, Tensor]:
+    """Fold every BN into its producer: ``W <- W·γ/σ``, BN bias ``<- β + (b - μ)·γ/σ`` (conv bias 0),
+    and BN weight 1, mean 0, var ``1 - eps`` (so the BN computes ``x + bias``)."""
+    folded = {k: v.clone() for k, v in state_dict.items()}
+    for bn in _bn_prefixes(state_dict):
+        producer = _producer_of(state_dict, bn)
+        if producer is None:
+            continue
+        gamma, beta = folded[f"{bn}.weight"], folded[f"{bn}.bias"]
+        mean, var = folded[f"{bn}.running_mean"], folded[f"{bn}.running_var"]
+        scale = gamma / torch.sqrt(var + eps)
+        weight = folded[f"{producer}.weight"]
+        folded[f"{producer}.weight"] = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
+        bias = folded.get(f"{producer}.bias")
+        shift = (bias if bias is not None else torch.zeros_like(mean)) - mean
+        folded[f"{bn}.bias"] = beta + shift * scale
+        if bias is not None:
+            folded[f"{producer}.bias"] = torch.zeros_like(bias)
+        folded[f"{bn}.weight"] = torch.ones_like(gamma)
+        folded[f"{bn}.running_mean"] = torch.zeros_like(mean)
+        folded[f"{bn}.running_var"] = torch.full_like(var, 1 - eps)
+    return folded
+
+
+def without_bn_statistics(groups: Sequence[ChannelGroup]) -> list[ChannelGroup]:
+    """Groups without BN weight / running statistics as members (identities after folding; BN bias stays)."""
+    out = []
+    for g in groups:
+        bn_layers = {m.key.rsplit(".", 1)[0] for m in g.members if m.key.endswith(".running_mean")}
+        keep = [m for m in g.members if not (m.key.rsplit(".", 1)[0] in bn_layers and m.key.rsplit(".", 1)[1] in BN_STATS)]
+        out.append(ChannelGroup(g.name, g.width, keep))
+    return out
+
+
+def reset_identity_bn(state_dict: Mapping[str, Tensor], eps: float = 1e-5) -> dict[str, Tensor]:
+    """After merging folded weights: give every BN the width of its bias, as the identity."""
+    out = dict(state_dict)
+    for bn in _bn_prefixes(state_dict):
+        width = out[f"{bn}.bias"].shape[0]
+        like = out[f"{bn}.bias"]
+        out[f"{bn}.weight"] = torch.ones(width, dtype=like.dtype)
+        out[f"{bn}.running_mean"] = torch.zeros(width, dtype=like.dtype)
+        out[f"{bn}.running_var"] = torch.full((width,), 1 - eps, dtype=like.dtype)
+    return out
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
+    """Re-estimate every BN's running mean and variance on ``batches`` (cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for x, _ in batches:
+        model(x)
+    model.eval()
+    return model
+
+
+def channel_scores(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
+    """L1 norm of every channel's producing weights (all axis-0 weights of the group)."""
+    score = torch.zeros(group.width, dtype=torch.float64)
+    for key, axis in group.members:
+        w = state_dict[key]
+        if axis == 0 and w.ndim >= 2:
+            score += w.reshape(group.width, -1).abs().sum(dim=1).double()
+    return score
+
+
+def prune_to_widths(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup], widths: Mapping[str, int],
+                    method: str = "l1", seed: int = 0) -> dict[str, Tensor]:
+    """Keep ``widths[group]`` channels of each group: the largest L1 norms (``l1``) or random ones."""
+    if method not in ("l1", "random"):
+        raise ValueError(f"baseline must be 'l1' or 'random', got {method!r}")
+    gen = torch.Generator().manual_seed(seed)
+    pruned = dict(state_dict)
+    for group in groups:
+        k = widths[group.name]
+        if method == "l1":
+            keep = channel_scores(state_dict, group).topk(k).indices
+        else:
+            keep = torch.randperm(group.width, generator=gen)[:k]
+        keep = keep.sort().values
+        for key, axis in group.members:
+            w = pruned[key]
+            if axis == 0:
+                pruned[key] = w.reshape(group.width, -1)[keep].reshape(k, *w.shape[1:])
+            else:
+                pruned[key] = w.reshape(w.shape[0], group.width, -1)[:, keep].reshape(
+                    w.shape[0], w.shape[1] // group.width * k, *w.shape[2:])
+    return pruned

@@ -1,0 +1,77 @@
+"""Compare IFM (official), IFM with folded BN, IFM + BN recalibration, L1 and random pruning.
+
+Every method runs over the same β grid on the same checkpoint (the pruning baselines at IFM's
+official widths for that β), appending to one results file (resumable like scripts/sweep.py); then
+a figure of accuracy against remaining parameters and a table at equal widths are written.
+
+    python scripts/compare_methods.py --vgg_name VGG11 --model_param ../shared/checkpoints/vgg11_cifar10_s0.pt \\
+        --data_root ../shared/data/cifar10 --eval_samples 2000 --recalibrate 2000 --betas 0.05 0.1 0.15 0.2
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ifm.errors import IFMError  # noqa: E402
+from ifm.figures import write_csv  # noqa: E402
+from ifm.plots import plot_accuracy_vs_params  # noqa: E402
+from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
+from ifm.sweep import parse_betas, sweep  # noqa: E402
+
+
+def variants(args: argparse.Namespace) -> dict[str, argparse.Namespace]:
+    def variant(**changes) -> argparse.Namespace:
+        v = copy.copy(args)
+        for key, value in changes.items():
+            setattr(v, key, value)
+        return v
+    return {"IFM (official)": variant(),
+            "IFM (fold BN)": variant(bn_mode="fold"),
+            f"IFM + BN recalibration ({args.recalibrate})": variant(recalibrate_bn=args.recalibrate),
+            "L1 pruning": variant(baseline="l1"),
+            f"random pruning ({args.seeds} seeds)": variant(baseline="random")}
+
+
+def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", default="vgg", choices=["vgg", "resnet"])
+    known, _ = pre.parse_known_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__, parents=[pre],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_merge_arguments(parser, "cifar10", known.family)
+    add_extension_arguments(parser)
+    parser.add_argument("--betas", nargs="+", default=["0.05", "0.1", "0.15", "0.2"])
+    parser.add_argument("--recalibrate", type=int, default=2000, help="training images for BN recalibration")
+    parser.add_argument("--out", default="figures")
+    parser.set_defaults(results="results/compare_methods.jsonl")
+    args = parser.parse_args(argv)
+    betas = parse_betas(args.betas)
+    curves = {}
+    try:
+        for label, run_args in variants(args).items():
+            print(f"== {label}")
+            curves[label] = sweep(run_args, betas)
+    except IFMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = []
+    print(f"\n{'beta':>5} {'method':38s} {'params %':>9} {'accuracy':>9}")
+    for beta in betas:
+        for label, records in curves.items():
+            r = next(r for r in records if r["beta"] == beta)
+            spread = f" ± {r['acc_after_std']:.2f}" if "acc_after_std" in r else ""
+            print(f"{beta:>5g} {label:38s} {r['params_pct']:>9.2f} {r['acc_after']:>8.2f}%{spread}")
+            rows.append((beta, label, r["params_pct"], r["acc_after"], r.get("acc_after_std", "")))
+    out = Path(args.out)
+    write_csv(out / "compare_methods.csv", ["beta", "method", "params_pct", "acc_after", "acc_after_std"], rows)
+    path = plot_accuracy_vs_params(curves, out / "compare_methods.png", title="IFM variants vs channel pruning")
+    print(f"figure: {path}\ntable: {out / 'compare_methods.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
