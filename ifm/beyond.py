@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, Member
+from .groups import ChannelGroup
 
 Tensor = torch.Tensor
 BN_STATS = ("weight", "running_mean", "running_var")

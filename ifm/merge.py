@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 import torch
@@ -60,7 +60,6 @@ class MergeResult:
     beta: float
     max_ratio: float
     order: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_merges(self) -> int:
@@ -195,7 +194,9 @@ class IterativeMerger:
                 other = owners.get((m.key, 1 - m.axis))
                 if other is not None and self.weights[m.key].ndim >= 2:
                     self.links[gi].append(_Link(m.key, m.axis, other))
+        start = time.perf_counter()
         self._init_grams()
+        self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
     def _init_grams(self) -> None:
@@ -384,7 +385,7 @@ class IterativeMerger:
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
+        seconds = self.init_seconds + time.perf_counter() - start
         return MergeResult(
             state_dict=self.merged_state_dict(),
             widths={s.group.name: s.width for s in self.states},

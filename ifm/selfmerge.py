@@ -247,7 +247,7 @@ def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,
         if len(runs) > 1:
             record.update(acc_after_std=accs.std().item(), acc_after_runs=accs.tolist())
     if args.save_merged:
-        save_state_dict(result.state_dict, args.save_merged, overwrite=args.overwrite)
+        save_state_dict(merged_states[0], args.save_merged, overwrite=args.overwrite)
         record["saved_to"] = str(args.save_merged)
     append_jsonl(args.results, record)
     return record
