@@ -17,7 +17,7 @@ from .archs import channel_groups, model_for_state_dict
 from .io import atomic_write, write_json
 from .merge import IterativeMerger, iterative_feature_merging
 from .permute import permute_channels
-from .plots import _pyplot, save_figure
+from .plots import pyplot, save_figure
 
 Tensor = torch.Tensor
 
@@ -47,7 +47,7 @@ def largest_beta_within(records: Sequence[dict], fraction: float = 0.95) -> dict
 
 def plot_accuracy_vs_count(choices: Mapping[str, dict], path: str | Path) -> Path:
     """Fig. 3(b): accuracy against the number of parameters, before (hollow) and after merging."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, r in choices.items():
         line, = ax.plot([r["params_before"] / 1e6, r["params_after"] / 1e6], [r["acc_before"], r["acc_after"]],
@@ -64,7 +64,7 @@ def plot_accuracy_vs_count(choices: Mapping[str, dict], path: str | Path) -> Pat
 # ------------------------------------------------------------------------------------ Fig. 5(a)
 def plot_feature_complexity(widths_by_model: Mapping[str, Mapping[str, int]], path: str | Path, beta: float) -> Path:
     """Fig. 5(a): merged width of every layer, one line per model; also a CSV beside the PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = []
     for label, widths in widths_by_model.items():
@@ -93,7 +93,7 @@ def normalized_distances(state_dict: Mapping[str, Tensor], arch: str, layers: Se
 
 def plot_heatmaps(matrices: Mapping[str, Tensor], path: str | Path, columns: int = 4) -> Path:
     """One heatmap per layer (Fig. 2(a) for one layer, Fig. 7 for the first 12)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(matrices)
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
@@ -169,7 +169,7 @@ def fig2b(state_dict: Mapping[str, Tensor], arch: str, beta: float, lambdas: Seq
 
 
 def plot_interpolation(curves: Sequence[dict], path: str | Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in curves:
         line, = ax.plot(c["lambdas"], c["equivalent"], marker="o",
@@ -238,7 +238,7 @@ def guided_backprop(model: nn.Module, layer: str, channels: Sequence[int], image
 
 def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: str | Path) -> Path:
     """Rows: the images, then one row per group of equivalent features."""
-    plt = _pyplot()
+    plt = pyplot()
     n = images.shape[0]
     fig, axes = plt.subplots(len(maps) + 1, n, figsize=(1.6 * n, 1.7 * (len(maps) + 1)), squeeze=False)
     for j in range(n):

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 from .io import atomic_write
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -15,7 +15,7 @@ def _pyplot():
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return out
@@ -24,7 +24,7 @@ def save_figure(fig, path: str | Path) -> Path:
 def plot_accuracy_vs_params(curves: Mapping[str, Sequence[dict]], path: str | Path, title: str = "",
                             x_field: str = "params_pct", x_label: str = "remaining parameters (%)") -> Path:
     """One curve per label, one dot per β (Fig. 3(a), 4(a), 4(b)); the original accuracy as a dashed line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in curves.items():
         points = sorted((r[x_field], r["acc_after"], r["beta"]) for r in records if r.get("acc_after") is not None)

@@ -25,6 +25,7 @@ from .config import Config
 from .errors import IFMError
 from .evaluate import evaluate, tensor_batches
 from .io import append_jsonl, atomic_write, read_jsonl
+from .plots import pyplot, save_figure
 from .selfmerge import CIFAR10_MEAN, CIFAR10_STD, pick_device
 
 STATE_FILE = "state/last.pt"
@@ -194,9 +195,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     records = list(read_jsonl(Path(run_dir) / "metrics.jsonl"))
     if not records:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     epochs = [r["epoch"] + 1 for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     for split in ("train", "test"):
@@ -206,10 +205,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_loss.legend()
     fig.tight_layout()
-    out = Path(run_dir) / "curves.png"
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return out
+    return save_figure(fig, Path(run_dir) / "curves.png")
 
 
 def train_from_config(config: Config, cfg_name: str, prefix: str, resume: bool = False,
