@@ -23,7 +23,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from .groups import ChannelGroup, Member
+from .groups import ChannelGroup
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]

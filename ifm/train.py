@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import nn
 
 import models
 

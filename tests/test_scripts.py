@@ -1,5 +1,4 @@
 """The four self-merge entry scripts, end to end on tiny generated data and checkpoints."""
-import json
 import subprocess
 import sys
 from pathlib import Path
