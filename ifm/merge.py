@@ -132,16 +132,6 @@ class _GroupState:
     def official_slots(self) -> list[int]:
         return list(self.official)
 
-    @property
-    def g_row(self) -> Tensor:
-        """Gram matrix of the producer rows (axis-0 members)."""
-        return self.gram[0]
-
-    @property
-    def g_col(self) -> Tensor:
-        """Gram matrix of the consumer columns (axis-1 members)."""
-        return self.gram[1]
-
     def positions(self) -> Tensor:
         """Slot of every live position (to gather weight slices into Gram order)."""
         return self.pos_tensor[: self.width]
@@ -240,19 +230,13 @@ class IterativeMerger:
         if w < 2:
             return None
         dist, diag = self._distances_into_buffer(st)
-        diagonal = dist.diagonal()
-        diagonal.fill_(-math.inf)
-        d_max = dist.max().item()
-        diagonal.fill_(math.inf)
-        row_min = dist.min(dim=1).values
+        d_max, row_min = _off_diagonal_max_and_row_min(dist)
         d_min = row_min.min().item()
         if d_min <= TIE_TOLERANCE[self.dtype] * 2 * diag.max().item():
             # rounding-level distances: snap them to exact zeros, then every zero is a candidate
             self._snap(dist, diag)
-            diagonal.fill_(-math.inf)
-            d_max = dist.max().item()
-            diagonal.fill_(math.inf)
-            d_min = dist.min().item()
+            d_max, row_min = _off_diagonal_max_and_row_min(dist)
+            d_min = row_min.min().item()
             candidates = (dist == d_min).nonzero().tolist()
         else:  # pairs within a relative 1e-12 (the asymmetry of Gram rounding) are tied
             limit = d_min * (1 + RELATIVE_TIE[self.dtype])
@@ -412,6 +396,15 @@ class IterativeMerger:
                 w = _cols(w, n0).index_select(1, keep).reshape(w.shape[0], w.shape[1] * len(keep) // n0, *w.shape[2:])
             merged[key] = w.to(source.device)
         return merged
+
+
+def _off_diagonal_max_and_row_min(dist: Tensor) -> tuple[float, Tensor]:
+    """Largest off-diagonal entry and every row's smallest off-diagonal entry (the diagonal is left +inf)."""
+    diagonal = dist.diagonal()
+    diagonal.fill_(-math.inf)
+    d_max = dist.max().item()
+    diagonal.fill_(math.inf)
+    return d_max, dist.min(dim=1).values
 
 
 def _default_device() -> torch.device:
