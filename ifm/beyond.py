@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .groups import ChannelGroup
+from .permute import select_channels
 
 Tensor = torch.Tensor
 BN_STATS = ("weight", "running_mean", "running_var")
@@ -113,19 +114,12 @@ def prune_to_widths(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGr
     if method not in ("l1", "random"):
         raise ValueError(f"baseline must be 'l1' or 'random', got {method!r}")
     gen = torch.Generator().manual_seed(seed)
-    pruned = dict(state_dict)
+    keep = {}
     for group in groups:
         k = widths[group.name]
         if method == "l1":
-            keep = channel_scores(state_dict, group).topk(k).indices
+            chosen = channel_scores(state_dict, group).topk(k).indices
         else:
-            keep = torch.randperm(group.width, generator=gen)[:k]
-        keep = keep.sort().values
-        for key, axis in group.members:
-            w = pruned[key]
-            if axis == 0:
-                pruned[key] = w.reshape(group.width, -1)[keep].reshape(k, *w.shape[1:])
-            else:
-                pruned[key] = w.reshape(w.shape[0], group.width, -1)[:, keep].reshape(
-                    w.shape[0], w.shape[1] // group.width * k, *w.shape[2:])
-    return pruned
+            chosen = torch.randperm(group.width, generator=gen)[:k]
+        keep[group.name] = chosen.sort().values
+    return select_channels(state_dict, groups, keep)

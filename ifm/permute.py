@@ -14,18 +14,28 @@ from .groups import ChannelGroup
 Tensor = torch.Tensor
 
 
-def permute_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
-                     perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Apply ``perms[group name]`` (new channel k = old channel perm[k]) to every member of each group."""
-    out = {k: v.clone() for k, v in state_dict.items()}
+def select_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                    indices: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keep, in that order, the channels ``indices[group name]`` of every member of each group.
+
+    A permutation of all channels reorders a group; a subset prunes it. Selected tensors are new;
+    tensors outside the groups are shared with ``state_dict``."""
+    out = dict(state_dict)
     for group in groups:
-        perm = perms.get(group.name)
-        if perm is None:
+        keep = indices.get(group.name)
+        if keep is None:
             continue
         for key, axis in group.members:
             w = out[key]
             if axis == 0:
-                out[key] = w.reshape(group.width, -1)[perm].reshape(w.shape)
+                out[key] = w.reshape(group.width, -1)[keep].reshape(len(keep), *w.shape[1:])
             else:
-                out[key] = w.reshape(w.shape[0], group.width, -1)[:, perm].reshape(w.shape)
+                out[key] = w.reshape(w.shape[0], group.width, -1)[:, keep].reshape(
+                    w.shape[0], w.shape[1] // group.width * len(keep), *w.shape[2:])
     return out
+
+
+def permute_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                     perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Apply ``perms[group name]`` (new channel k = old channel perm[k]) to every member of each group."""
+    return select_channels(state_dict, groups, perms)
