@@ -66,6 +66,15 @@ def _expected_record(args: argparse.Namespace, checkpoint: str, evaluator) -> di
     return record
 
 
+def format_sweep_table(records: Sequence[dict]) -> str:
+    """β / merges / remaining params % / FLOPs % / accuracy, one line per record."""
+    lines = [f"{'beta':>6} {'merges':>7} {'params %':>9} {'FLOPs %':>8} {'accuracy':>9}"]
+    for r in records:
+        acc = "-" if r.get("acc_after") is None else f"{r['acc_after']:.2f}%"
+        lines.append(f"{r['beta']:>6g} {r['n_merges']:>7d} {r['params_pct']:>9.2f} {r['flops_pct']:>8.2f} {acc:>9}")
+    return "\n".join(lines)
+
+
 def parse_betas(values: Iterable[str]) -> list[float]:
     """``["paper"]``, ``["official"]`` or numbers."""
     betas: list[float] = []

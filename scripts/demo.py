@@ -19,7 +19,7 @@ from ifm.config import load_config  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
-from ifm.sweep import parse_betas, sweep  # noqa: E402
+from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
 from ifm.train import train_from_config  # noqa: E402
 
 DEMO_BETAS = ["0.01", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"]
@@ -67,9 +67,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"\nIFM on {checkpoint} (original accuracy {records[0]['acc_before']:.2f}%)")
-    print(f"{'beta':>6} {'merges':>7} {'params %':>9} {'FLOPs %':>8} {'accuracy':>9}")
-    for r in records:
-        print(f"{r['beta']:>6g} {r['n_merges']:>7d} {r['params_pct']:>9.2f} {r['flops_pct']:>8.2f} {r['acc_after']:>8.2f}%")
+    print(format_sweep_table(records))
     figure = plot_accuracy_vs_params({"VGG11 x0.25": records}, Path(args.out) / "demo.png",
                                      title="IFM on CIFAR-10: accuracy vs remaining parameters")
     print(f"plot: {figure}\nresults: {args.out}/results.jsonl")

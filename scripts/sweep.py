@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.errors import IFMError  # noqa: E402
 from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
-from ifm.sweep import parse_betas, sweep  # noqa: E402
+from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,10 +42,7 @@ def main(argv=None) -> int:
     before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
     print(f"\n{records[0]['model']} {records[0]['checkpoint']}"
           + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
-    print(f"{'beta':>6} {'merges':>7} {'params %':>9} {'FLOPs %':>8} {'accuracy':>9}")
-    for r in records:
-        acc = "-" if r.get("acc_after") is None else f"{r['acc_after']:.2f}%"
-        print(f"{r['beta']:>6g} {r['n_merges']:>7d} {r['params_pct']:>9.2f} {r['flops_pct']:>8.2f} {acc:>9}")
+    print(format_sweep_table(records))
     print(f"results: {args.results}")
     return 0
 
