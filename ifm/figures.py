@@ -5,16 +5,15 @@ to it; ``scripts/reproduce.py`` is the command line.
 """
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .archs import channel_groups, model_for_state_dict
-from .io import atomic_write, write_json
+from .io import write_csv
 from .merge import IterativeMerger, iterative_feature_merging
 from .permute import permute_channels
 from .plots import pyplot, save_figure
@@ -27,15 +26,6 @@ PAPER_TABLE2 = {("cifar10", "VGG13"): "0.018 ± 0.003", ("cifar10", "VGG16"): "0
                 ("imagenet", "vgg13"): "0.802 ± 0.053", ("imagenet", "vgg16"): "0.814 ± 0.054",
                 ("imagenet", "vgg19"): "0.822 ± 0.045", ("imagenet", "resnet18"): "0.015 ± 0.002",
                 ("imagenet", "resnet50"): "0.127 ± 0.010"}
-
-
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-    return atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------ Fig. 3(b)
@@ -254,6 +244,3 @@ def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: s
         ax.set_yticks([])
     return save_figure(fig, path)
 
-
-def save_json(path: str | Path, obj) -> Path:
-    return write_json(path, obj)

@@ -1,12 +1,13 @@
 """Checkpoints and result files: clear errors, atomic writes, nothing silently overwritten."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -101,3 +102,13 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """Write a CSV file atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return atomic_write(path, write)

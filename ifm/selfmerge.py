@@ -79,6 +79,7 @@ class LoadedModel:
     checkpoint: str  # path or torchvision weights name
     digest: str  # identifies the weights for caches
     normalize: tuple | None  # (mean, std) for CIFAR, if the checkpoint was trained normalised
+    model: nn.Module  # the original model with these weights
 
 
 def arch_name(args: argparse.Namespace) -> str:
@@ -130,8 +131,8 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
         state_dict = load_state_dict_file(args.model_param)
         checkpoint, digest = str(args.model_param), file_digest(args.model_param)
         normalize = _training_normalization(Path(args.model_param)) if arch.dataset == "cifar10" else None
-    model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
-    return LoadedModel(arch, state_dict, checkpoint, digest, normalize)
+    model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
+    return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model)
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -226,7 +227,7 @@ def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,
     loaded = loaded or load_model(args)
     if not args.no_eval and evaluator is None:
         evaluator = Evaluator(loaded, args, device)  # fails on a bad data root before any work
-    original = model_for_state_dict(loaded.arch, loaded.state_dict)
+    original = loaded.model
     result = merge_loaded(loaded, args, device)
     merged_states = [result.state_dict]
     if getattr(args, "baseline", None):
@@ -236,8 +237,8 @@ def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,
     if not args.no_eval:
         before = evaluator.baseline(original, Path(args.results).parent / "baseline_cache.jsonl")
         runs = []
-        for state in merged_states:
-            model = model_for_state_dict(loaded.arch, state)
+        for k, state in enumerate(merged_states):
+            model = merged if k == 0 else model_for_state_dict(loaded.arch, state)
             if getattr(args, "recalibrate_bn", 0):
                 model = beyond.recalibrate_bn(model.to(device), evaluator.train_batches(args.recalibrate_bn))
             runs.append(evaluator(model, "eval merged"))

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.errors import IFMError  # noqa: E402
-from ifm.figures import write_csv  # noqa: E402
+from ifm.io import write_csv  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
 from ifm.sweep import parse_betas, sweep  # noqa: E402

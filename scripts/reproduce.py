@@ -23,7 +23,7 @@ from ifm import figures  # noqa: E402
 from ifm import data as datasets  # noqa: E402
 from ifm.archs import channel_groups, get_architecture, model_for_state_dict  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
-from ifm.io import load_state_dict_file, read_jsonl  # noqa: E402
+from ifm.io import load_state_dict_file, read_jsonl, write_csv, write_json  # noqa: E402
 from ifm.merge import iterative_feature_merging  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
@@ -65,7 +65,7 @@ def cmd_fig3b(args) -> None:
                      chosen["acc_after"]))
         print(f"{label:24s} {chosen['beta']:>6g} {chosen['params_after']:>12,d} {chosen['params_pct']:>9.2f} "
               f"{chosen['acc_before']:>11.2f} {chosen['acc_after']:>10.2f}")
-    figures.write_csv(Path(args.out) / "fig3b.csv", ["model", "beta", "params", "params_pct", "acc_before",
+    write_csv(Path(args.out) / "fig3b.csv", ["model", "beta", "params", "params_pct", "acc_before",
                                                      "acc_after"], rows)
     print(f"figure: {figures.plot_accuracy_vs_count(choices, Path(args.out) / 'fig3b.png')}")
 
@@ -122,7 +122,7 @@ def cmd_fig2b(args) -> None:
         print("  λ       " + " ".join(f"{v:7.2f}" for v in lambdas))
         print("  equiv.  " + " ".join(f"{v:7.2f}" for v in curve["equivalent"]))
         print("  random  " + " ".join(f"{v:7.2f}" for v in curve["random"]))
-    figures.save_json(Path(args.out) / "fig2b.json", curves)
+    write_json(Path(args.out) / "fig2b.json", curves)
     print(f"figure: {figures.plot_interpolation(curves, Path(args.out) / 'fig2b.png')}")
 
 
@@ -149,7 +149,7 @@ def cmd_table2(args) -> None:
         print(f"{dataset:9s} {name:9s} {paper:>18s} {t['naive_per_iteration_s']:>11.3f} "
               f"{t['ours_per_iteration_s']:>10.4f} {t['total_s']:>13.2f} {t['iterations']:>6d} {t['merges']:>7d}",
               flush=True)
-    path = figures.write_csv(Path(args.out) / "table2.csv", ["dataset", "model", "paper_2080ti_s_per_iter",
+    path = write_csv(Path(args.out) / "table2.csv", ["dataset", "model", "paper_2080ti_s_per_iter",
                              "naive_s_per_iter", "ours_s_per_iter", "ours_total_s", "iterations", "merges"], rows)
     print(f"table: {path}\n(naive s/it = one full distance pass over all groups, which the official loop "
           "repeats every iteration; ours s/it = our total time / iterations)")
