@@ -1,18 +1,15 @@
-"""Iterative Feature Merging (Eq. 6-10) with incrementally updated distances.
+"""Iterative Feature Merging (Eq. 6-10): the merge loop, weights and results.
 
 The result is identical to the official algorithm (same merge sequence, widths and channel order),
-but no distance matrix is ever recomputed from the weights after the first pass:
+but no distance matrix is ever recomputed from the weights after the first pass: each group's
+Eq. 6 distances live in a :class:`~ifm.gram.GroupGram` (Gram matrices updated by O(n) combinations
+for the group's own merges and by low-rank products for its neighbours' merges). Here:
 
-* every group keeps two Gram matrices, ``G_row`` (its producer rows) and ``G_col`` (its consumer
-  columns), over fixed *slots* (original channel positions); Eq. 6 is ``G_ii + G_jj - 2 G_ij``
-  of their sum;
-* merging slots ``a`` and ``b`` sums their rows and takes the count-weighted mean of their
-  columns, so the merged slot's Gram entries are the same combinations of old entries: O(n);
-* tensors shared with another group change that group's Gram matrix by a low-rank update
-  (the slices of ``a`` and ``b`` out, the merged slice in);
-* a group whose Gram matrix did not change since it last declined declines again, unexamined;
-* the weights are merged in place in their slots, and gathered once at the end in the official
-  channel order (the merged channel goes last at each merge).
+* a group whose Gram matrix did not change since it last declined, or whose distances provably
+  moved too little to change Eq. 9's verdict, declines again unexamined;
+* the weights are merged in place in their original channel *slots* (rows summed, columns
+  count-weighted), and gathered once at the end in the official channel order (the merged channel
+  goes last at each merge).
 """
 from __future__ import annotations
 
@@ -23,6 +20,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
+from .gram import GroupGram, gram_matrix
 from .groups import ChannelGroup
 
 Tensor = torch.Tensor
@@ -89,18 +87,12 @@ def _cols(t: Tensor, n: int) -> Tensor:
     return t.reshape(t.shape[0], n, -1)
 
 
-def _gram(m: Tensor) -> Tensor:
-    return m @ m.T
-
-
 class _GroupState:
-    """Bookkeeping of one group.
+    """Bookkeeping of one group: channel *slots* (original positions, where the weights stay), the
+    official channel order, counts and clusters, and the group's :class:`GroupGram` over positions."""
 
-    Weights keep their original channel *slots*; the Gram matrices are kept compact over the live
-    channels (*positions* ``0..width-1``): when a channel dies, the last position moves into its place.
-    """
-
-    def __init__(self, index: int, group: ChannelGroup, dtype: torch.dtype, device: torch.device):
+    def __init__(self, index: int, group: ChannelGroup, weights: Mapping[str, Tensor], dtype: torch.dtype,
+                 device: torch.device):
         n = group.width
         self.index, self.group, self.n0 = index, group, n
         self.counts = [1.0] * n  # per slot
@@ -108,16 +100,25 @@ class _GroupState:
         self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
         self.pos2slot: list[int] = list(range(n))
         self.slot2pos: dict[int, int] = {s: s for s in range(n)}
-        self.gram = torch.zeros(2, n, n, dtype=dtype, device=device)  # [rows part, columns part]
-        self.pos_tensor = torch.arange(n, device=device)
-        self.buffer = torch.empty(0, dtype=dtype, device=device)
-        self.width = n
+        self.device = device
+        self.slot_of_position = torch.arange(n)  # on the CPU: updated through a NumPy view
+        self.gram = GroupGram(n, dtype, device)
         self.n_merges = 0
         self.dirty = True
+        # In-place views of the merged tensors: rows to sum, columns to average; 1-D rows stacked.
+        axis0 = [m.key for m in group.members if m.axis == 0]
+        self.row_views = [_rows(weights[k], n) for k in axis0 if weights[k].ndim >= 2]
+        self.col_views = [_cols(weights[m.key], n) for m in group.members if m.axis == 1]
+        self.vector_keys = [k for k in axis0 if weights[k].ndim == 1]
+        self.vectors = torch.stack([weights[k] for k in self.vector_keys], 1) if self.vector_keys else None
         # After a declined visit: its (d_min, d_max) and a bound on how far any distance has moved
         # since, through neighbours' low-rank updates (None: unknown, a full look is needed).
         self.declined_at: tuple[float, float] | None = None
         self.drift = 0.0
+
+    @property
+    def width(self) -> int:
+        return self.gram.width
 
     def still_declines(self, beta: float) -> bool:
         """Whether Eq. 9 provably still says stop, without looking (distances moved <= drift)."""
@@ -132,34 +133,44 @@ class _GroupState:
     def official_slots(self) -> list[int]:
         return list(self.official)
 
-    def positions(self) -> Tensor:
-        """Slot of every live position (to gather weight slices into Gram order)."""
-        return self.pos_tensor[: self.width]
+    def positions(self) -> Tensor | None:
+        """Slot of every live position (to gather weight slices into Gram order); None while all live."""
+        if self.width == self.n0:
+            return None
+        live = self.slot_of_position[: self.width]
+        return live if self.device.type == "cpu" else live.to(self.device)
 
-    def remove_position(self, pos: int) -> None:
-        """Drop a dead position from the compact Gram matrices (the last position moves into it)."""
+    def merge_positions(self, a: int, b: int, wa: float, wb: float) -> None:
+        """Merge slots ``a`` and ``b`` in the Gram bookkeeping (the last position moves into ``b``'s)."""
+        pa, pb = self.slot2pos.pop(a), self.slot2pos.pop(b)
         last = self.width - 1
-        dead_slot = self.pos2slot[pos]
-        if pos != last:
-            gram = self.gram
-            gram[:, pos, :last + 1] = gram[:, last, :last + 1]
-            gram[:, :last + 1, pos] = gram[:, :last + 1, last]
-            self.pos_tensor[pos] = self.pos_tensor[last]
+        self.gram.merge(pa, pb, wa, wb)
+        self.slot2pos[a] = pa
+        if pb != last:
             moved = self.pos2slot[last]
-            self.pos2slot[pos] = moved
-            self.slot2pos[moved] = pos
-        self.pos2slot.pop()
-        del self.slot2pos[dead_slot]
-        self.width -= 1
+            positions = self.slot_of_position.numpy()
+            positions[pb] = positions[last]
+            self.pos2slot[pb] = moved
+            self.slot2pos[moved] = pb
+        self.pos2slot.pop()  # (if a sat last, it has just moved into b's position)
 
 
 @dataclass
 class _Link:
-    """A ≥2-D tensor indexed by two groups: ``owner`` on ``axis``, ``other`` on the other axis."""
+    """A ≥2-D tensor indexed by two groups, seen from the group that merges on ``axis``.
 
-    key: str
+    ``slices[c]`` is own channel ``c``'s slice, one row per channel of group ``other``.
+    """
+
     axis: int
     other: int
+    slices: Tensor
+
+
+def _link_slices(w: Tensor, axis: int, n_own: int, n_other: int) -> Tensor:
+    if axis == 0:  # own rows, other's columns
+        return w.reshape(n_own, n_other, -1)
+    return w.reshape(n_other, n_own, -1).transpose(0, 1)  # own columns, other's rows
 
 
 class IterativeMerger:
@@ -171,19 +182,20 @@ class IterativeMerger:
         self.dtype = dtype
         self.source = state_dict
         self.groups = list(groups)
-        self.states = [_GroupState(i, g, dtype, self.device) for i, g in enumerate(self.groups)]
         member_keys = {m.key for g in self.groups for m in g.members}
         self.weights = {k: state_dict[k].detach().to(self.device, dtype, copy=True) for k in member_keys}
-        owners: dict[tuple[str, int], int] = {}
-        for gi, g in enumerate(self.groups):
-            for m in g.members:
-                owners[(m.key, m.axis)] = gi
+        owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         for gi, g in enumerate(self.groups):
             for m in g.members:
                 other = owners.get((m.key, 1 - m.axis))
-                if other is not None and self.weights[m.key].ndim >= 2:
-                    self.links[gi].append(_Link(m.key, m.axis, other))
+                if other is None or self.weights[m.key].ndim < 2:
+                    continue
+                if other == gi:
+                    raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
+                slices = _link_slices(self.weights[m.key], m.axis, g.width, self.groups[other].width)
+                self.links[gi].append(_Link(m.axis, other, slices))
+        self.states = [_GroupState(i, g, self.weights, dtype, self.device) for i, g in enumerate(self.groups)]
         start = time.perf_counter()
         self._init_grams()
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
@@ -194,20 +206,9 @@ class IterativeMerger:
             for m in st.group.distance_members(self.weights):
                 w = self.weights[m.key]
                 if m.axis == 0:
-                    st.gram[0] += _gram(_rows(w, st.n0))
+                    st.gram.parts[0] += gram_matrix(_rows(w, st.n0))
                 else:
-                    st.gram[1] += _gram(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
-
-    def _distances_into_buffer(self, st: _GroupState) -> tuple[Tensor, Tensor]:
-        """Raw Gram-identity distances of the live positions (in a reused buffer) and the norms."""
-        w = st.width
-        if st.buffer.numel() < w * w:
-            st.buffer = torch.empty(w * w, dtype=self.dtype, device=self.device)
-        dist = st.buffer[: w * w].view(w, w)
-        torch.add(st.gram[0, :w, :w], st.gram[1, :w, :w], out=dist)
-        diag = dist.diagonal().clone()
-        dist.mul_(-2.0).add_(diag[:, None]).add_(diag[None, :])
-        return dist, diag
+                    st.gram.parts[1] += gram_matrix(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
 
     def _snap(self, dist: Tensor, diag: Tensor) -> Tensor:
         """Below the Gram identity's rounding level a pair is an exact duplicate: its distance is 0,
@@ -218,30 +219,37 @@ class IterativeMerger:
     def distances(self, gi: int) -> Tensor:
         """Eq. 6 distances between the group's live channels, in the official channel order."""
         st = self.states[gi]
-        dist, diag = self._distances_into_buffer(st)
-        dist = self._snap(dist.clone(), diag)
+        diag = st.gram.look()[2]
+        dist = self._snap(st.gram.distance_rows(slice(0, st.width), diag), diag)
+        dist.diagonal().zero_()
         order = torch.tensor([st.slot2pos[s] for s in st.official], device=self.device)
         return dist[order][:, order]
 
     def closest_pair(self, gi: int) -> tuple[int, int, float, float] | None:
         """``(slot_a, slot_b, d_min, d_max)`` of the closest pair (official-order ties), or None."""
         st = self.states[gi]
-        w = st.width
-        if w < 2:
+        if st.width < 2:
             return None
-        dist, diag = self._distances_into_buffer(st)
-        d_max, row_min = _off_diagonal_max_and_row_min(dist)
-        d_min = row_min.min().item()
-        if d_min <= TIE_TOLERANCE[self.dtype] * 2 * diag.max().item():
+        row_min, row_max, diag = st.gram.look()
+        d_min, d_max, norm = torch.stack([row_min.min(), row_max.max(), diag.max()]).tolist()
+        if d_min <= TIE_TOLERANCE[self.dtype] * 2 * norm:
             # rounding-level distances: snap them to exact zeros, then every zero is a candidate
-            self._snap(dist, diag)
-            d_max, row_min = _off_diagonal_max_and_row_min(dist)
-            d_min = row_min.min().item()
+            dist = self._snap(st.gram.distance_rows(slice(0, st.width), diag), diag)
+            d_max = dist.max().item()
+            dist.diagonal().fill_(math.inf)
+            d_min = dist.min().item()
             candidates = (dist == d_min).nonzero().tolist()
         else:  # pairs within a relative 1e-12 (the asymmetry of Gram rounding) are tied
             limit = d_min * (1 + RELATIVE_TIE[self.dtype])
-            rows = (row_min <= limit).nonzero().flatten().tolist()
-            candidates = [(i, j) for i in rows for j in (dist[i] <= limit).nonzero().flatten().tolist()]
+            rows = (row_min <= limit).nonzero().flatten()
+            if len(rows) == 2:  # then the two rows are the only pair within the limit
+                candidates = [rows.tolist()]
+            else:
+                dist = st.gram.distance_rows(rows, diag)
+                dist[torch.arange(len(rows), device=self.device), rows] = math.inf
+                hits = (dist <= limit).nonzero().tolist()
+                rows = rows.tolist()
+                candidates = [(rows[r], j) for r, j in hits]
         slots = [(st.pos2slot[i], st.pos2slot[j]) for i, j in candidates]
         if len(slots) > 1:
             ranked = []
@@ -262,18 +270,14 @@ class IterativeMerger:
         na, nb = st.counts[a], st.counts[b]
         wa, wb = na / (na + nb), nb / (na + nb)
         for link in self.links[gi]:
-            self._update_linked_gram(st, link, a, b, wa, wb)
-        for m in st.group.members:  # dead slots keep stale values: nothing reads them again
-            w = self.weights[m.key]
-            if m.axis == 0:
-                rows = _rows(w, st.n0)
-                rows[a] += rows[b]
-            else:
-                cols = _cols(w, st.n0)
-                cols[:, a].mul_(wa).add_(cols[:, b], alpha=wb)
-        pa, pb = st.slot2pos[a], st.slot2pos[b]
-        self._merge_own_gram(st.gram, pa, pb, wa, wb, st.width)
-        st.remove_position(pb)
+            self._update_linked_gram(link, a, b, wa, wb)
+        for rows in st.row_views:  # dead slots keep stale values: nothing reads them again
+            rows[a].add_(rows[b])
+        if st.vectors is not None:
+            st.vectors[a].add_(st.vectors[b])
+        for cols in st.col_views:
+            cols.select(1, a).lerp_(cols.select(1, b), wb)
+        st.merge_positions(a, b, wa, wb)
         st.counts[a], st.counts[b] = na + nb, 0.0
         st.clusters[a], st.clusters[b] = sorted(st.clusters[a] + st.clusters[b]), []
         st.official.remove(a)
@@ -282,43 +286,32 @@ class IterativeMerger:
         st.n_merges += 1
         st.dirty = True
 
-    def _merge_own_gram(self, gram: Tensor, a: int, b: int, wa: float, wb: float, width: int) -> None:
-        """Position ``a`` becomes the merged channel: rows part ``a + b``, columns part ``wa·a + wb·b``."""
-        coef_a = torch.tensor([1.0, wa], dtype=self.dtype, device=self.device)
-        coef_b = torch.tensor([1.0, wb], dtype=self.dtype, device=self.device)
-        diag = coef_a * coef_a * gram[:, a, a] + 2 * coef_a * coef_b * gram[:, a, b] + coef_b * coef_b * gram[:, b, b]
-        row = coef_a[:, None] * gram[:, a, :width] + coef_b[:, None] * gram[:, b, :width]
-        gram[:, a, :width] = row
-        gram[:, :width, a] = row
-        gram[:, a, a] = diag
+    def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
+        """Rank-2k update of the other group's Gram matrix for a merge of own channels ``a``, ``b``.
 
-    def _update_linked_gram(self, st: _GroupState, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
-        """Rank-2k update of the other group's Gram matrix for a merge of slots a, b in ``st``.
-
-        With A, B the two slices (one row per channel of the other group): summed rows give
-        ``dG = A B^T + B A^T``; a weighted mean of columns gives ``N N^T - A A^T - B B^T`` with
-        ``N = wa A + wb B``. Both are ``V U^T`` with ``U = [A, B]``.
+        With ``A``, ``B`` the two slices (one row per channel of the other group): summed rows
+        (axis 0) give ``dG = A B^T + B A^T``; a count-weighted mean of columns (axis 1) gives
+        ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B``, which equals ``-X X^T`` with
+        ``X = [wb A + wa B, sqrt(2 wa wb) (A - B)]``. Either way ``|dD_ij| <= 4 max_k |U_k|^2``.
         """
         other = self.states[link.other]
+        first, second = link.slices[a], link.slices[b]
+        k = first.shape[1]
+        if link.axis == 0:
+            factors = torch.cat([first, second, first], dim=1)  # U = [A, B], V = [B, A]
+        else:
+            spread = torch.sub(first, second).mul_(math.sqrt(2.0 * wa * wb))
+            factors = torch.cat([torch.lerp(second, first, wb), spread], dim=1)
         order = other.positions()
-        w = self.weights[link.key]
-        if link.axis == 1:  # we merge columns (weighted mean); the other group owns the rows
-            cols = _cols(w, st.n0)
-            pair = cols.index_select(1, torch.tensor([a, b], device=self.device))[order]  # (w, 2, k)
-            A, B = pair[:, 0], pair[:, 1]
-            V = torch.cat([(wa * wa - 1) * A + (wa * wb) * B, (wa * wb) * A + (wb * wb - 1) * B], dim=1)
-            target, mix = other.gram[0], (wa, wb)
-        else:  # we sum rows; the other group owns the columns of this tensor
-            blocks = w.reshape(st.n0, other.n0, -1)
-            A, B = blocks[a][order], blocks[b][order]
-            V = torch.cat([B, A], dim=1)
-            target, mix = other.gram[1], (1.0, 1.0)
-        U = torch.cat([A, B], dim=1)
-        n = other.width
-        target[:n, :n].addmm_(V, U.T)
-        if other.declined_at is not None:  # |dD_ij| <= 2 (S_i + S_j), S = |n|^2 + |a|^2 + |b|^2 per row
-            new = mix[0] * A + mix[1] * B
-            other.drift += 4.0 * (new.square().sum(dim=1) + U.square().sum(dim=1)).max().item()
+        if order is not None:
+            factors = factors.index_select(0, order)
+        if link.axis == 0:
+            u, v, sign = factors[:, :2 * k], factors[:, k:], 1.0
+        else:
+            u, v, sign = factors, factors, -1.0
+        other.gram.add_product(v, u, sign, part=1 - link.axis)
+        if other.declined_at is not None:
+            other.drift += 4.0 * u.square().sum(dim=1).max().item()
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
@@ -383,12 +376,15 @@ class IterativeMerger:
         index = {(m.key, m.axis): torch.tensor(st.official_slots(), device=self.device)
                  for st in self.states for m in st.group.members if st.official != list(range(st.n0))}
         widths = {(m.key, m.axis): st.n0 for st in self.states for m in st.group.members}
+        current = dict(self.weights)
+        for st in self.states:  # 1-D rows were merged in their stacked copy
+            current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
         merged: dict[str, Tensor] = {}
         for key, source in self.source.items():
-            if key not in self.weights:
+            if key not in current:
                 merged[key] = source.clone()
                 continue
-            w = self.weights[key].to(source.dtype)
+            w = current[key].to(source.dtype)
             if (key, 0) in index:
                 w = _rows(w, widths[(key, 0)]).index_select(0, index[(key, 0)]).reshape(-1, *w.shape[1:])
             if (key, 1) in index:

@@ -66,13 +66,15 @@ def timed_naive(sd: dict, groups, beta: float, budget: float) -> dict:
         return {"seconds": elapsed, "per_visit": elapsed / max(stop.visits, 1), "estimated": True}
 
 
-def bench(name: str, sd: dict, arch: str, beta: float, budget: float) -> dict:
+def bench(name: str, sd: dict, arch: str, beta: float, budget: float, reuse: dict | None = None) -> dict:
+    """One input at one β. ``reuse``: a stopped naive run of the same input whose time per visit
+    is reused for the extrapolation (the naive cost per visit hardly depends on β)."""
     groups = channel_groups(arch, sd)
     floor = floor_seconds(sd, groups)
     start = time.perf_counter()
     ours = iterative_feature_merging(sd, groups, beta=beta, device="cpu")
     ours_seconds = time.perf_counter() - start
-    naive = timed_naive(sd, groups, beta, budget)
+    naive = reuse if reuse is not None and reuse["estimated"] else timed_naive(sd, groups, beta, budget)
     if naive["estimated"]:  # every outer iteration visits every group once, as the official loop does
         naive_total = naive["per_visit"] * len(groups) * ours.iterations
         same = "n/a (naive stopped)"
@@ -85,7 +87,7 @@ def bench(name: str, sd: dict, arch: str, beta: float, budget: float) -> dict:
     row = {"input": name, "beta": beta, "merges": ours.n_merges, "merged_pct": 100 * ours.n_merges / channels,
            "iterations": ours.iterations, "ours_s": ours_seconds, "naive_s": naive_total,
            "naive_estimated": naive["estimated"], "floor_s": floor, "speedup": naive_total / ours_seconds,
-           "ours_over_floor": ours_seconds / floor, "identical": same}
+           "ours_over_floor": ours_seconds / floor, "identical": same, "naive": naive}
     print(f"{name:28s} beta={beta:<5} merges={ours.n_merges:5d} ({row['merged_pct']:5.1f}%) "
           f"ours={ours_seconds:8.2f}s naive={naive_total:9.2f}s{'*' if naive['estimated'] else ' '} "
           f"floor={floor:7.2f}s  naive/ours={row['speedup']:7.1f}x  ours/floor={row['ours_over_floor']:5.2f}  "
@@ -96,8 +98,9 @@ def bench(name: str, sd: dict, arch: str, beta: float, budget: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vgg11", default=str(ROOT.parent / "shared/checkpoints/vgg11_cifar10_s0.pt"))
-    parser.add_argument("--imagenet_beta", type=float, default=0.81,
-                        help="random-init VGG16 merges 2.3%% at 0.81 and cascades to ~19%% at 0.815")
+    parser.add_argument("--imagenet_betas", default="0.81,0.815",
+                        help="random-init VGG16 merges 2.3%% at 0.81 and 18.9%% at 0.815 (classifier.3 "
+                             "cascades between them: no β gives 5%%); both bracket the ~5%% asked for")
     parser.add_argument("--naive_budget", type=float, default=120.0, help="seconds before the naive run is cut")
     parser.add_argument("--skip_imagenet", action="store_true")
     parser.add_argument("--json", default=None, help="also write the rows here")
@@ -114,8 +117,13 @@ def main() -> None:
         import torchvision
         torch.manual_seed(0)
         sd = torchvision.models.vgg16(weights=None).state_dict()
-        rows.append(bench("ImageNet VGG16 (random)", sd, "vgg16", args.imagenet_beta, args.naive_budget))
+        naive = None
+        for beta in (float(b) for b in args.imagenet_betas.split(",")):
+            rows.append(bench("ImageNet VGG16 (random)", sd, "vgg16", beta, args.naive_budget, reuse=naive))
+            naive = rows[-1]["naive"]
     if args.json:
+        for row in rows:
+            row.pop("naive")
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
 
 

@@ -8,6 +8,7 @@ from torch import nn
 import models
 from ifm import (IterativeMerger, build_groups, chain_spaces, channel_groups, iterative_feature_merging,
                  model_for_state_dict, slim_model)
+from ifm.gram import GroupGram, gram_matrix
 from tests.helpers import copy_channel, plain_cnn, randomize_bn
 from tests.naive_reference import naive_distance, naive_ifm
 
@@ -155,6 +156,35 @@ def test_incremental_distances_equal_a_fresh_computation():
     fresh = IterativeMerger(result.state_dict, channel_groups(arch, result.state_dict))
     for gi in range(len(merger.states)):
         torch.testing.assert_close(merger.distances(gi), fresh.distances(gi), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["official", "layerwise"])
+def test_cached_extremes_and_queued_products_change_nothing(order, monkeypatch):
+    """Distances from cached per-row extremes and queued low-rank products are bit-identical."""
+    arch, sd, groups = _weights_with_duplicates("VGG11")
+    looks = []
+    original_look = GroupGram.look
+
+    def counting_look(self):
+        looks.append(self.extremes is None)
+        return original_look(self)
+
+    monkeypatch.setattr(GroupGram, "look", counting_look)
+    cached = iterative_feature_merging(sd, groups, beta=0.3, order=order)
+    full_looks = sum(looks)
+    assert cached.n_merges > 50 and full_looks < len(looks) / 2  # most looks reused their extremes
+    monkeypatch.setattr(GroupGram, "track_extremes", False)
+    looks.clear()
+    fresh = iterative_feature_merging(sd, groups, beta=0.3, order=order)
+    assert sum(looks) == len(looks)
+    assert cached.merge_log == fresh.merge_log  # distances included, exactly
+
+
+def test_gram_matrix_by_halves():
+    m = torch.randn(900, 37, dtype=torch.float64)
+    g = gram_matrix(m)
+    torch.testing.assert_close(g, m @ m.T, rtol=1e-12, atol=1e-12)
+    assert torch.equal(g[:450, 450:], g[450:, :450].T)  # the off-diagonal block is computed once
 
 
 def test_float32_option_and_input_not_modified():
