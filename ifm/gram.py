@@ -105,9 +105,9 @@ class GroupGram:
         self.pending[1].apply_to(self.columns_part, self.width)
 
     # --------------------------------------------------------------------------- distances
-    def _gram_rows(self, rows: Tensor | slice) -> Tensor:
-        w = self.width
-        return torch.add(self.rows_part[rows, :w], self.columns_part[rows, :w])
+    def _gram(self, rows: Tensor | slice, cols: slice) -> Tensor:
+        """``G[rows, cols]`` (a copy)."""
+        return torch.add(self.rows_part[rows, cols], self.columns_part[rows, cols])
 
     def diagonal(self) -> Tensor:
         """``diag(G)`` of the live positions (a copy)."""
@@ -116,13 +116,11 @@ class GroupGram:
 
     def distance_rows(self, rows: Tensor | slice, diag: Tensor) -> Tensor:
         """Eq. 6 distances ``D[rows, :]`` (a diagonal entry is exactly 0)."""
-        return torch.add(diag, self._gram_rows(rows), alpha=-2.0).add_(diag[rows, None])
+        return torch.add(diag, self._gram(rows, slice(0, self.width)), alpha=-2.0).add_(diag[rows, None])
 
     def distance_columns(self, cols: slice, diag: Tensor) -> Tensor:
         """Eq. 6 distances ``D[:, cols]``, each entry computed as in its row."""
-        w = self.width
-        gram = torch.add(self.rows_part[:w, cols], self.columns_part[:w, cols])
-        return torch.add(diag[cols], gram, alpha=-2.0).add_(diag[:, None])
+        return torch.add(diag[cols], self._gram(slice(0, self.width), cols), alpha=-2.0).add_(diag[:, None])
 
     def look(self) -> tuple[Tensor, Tensor, Tensor]:
         """Every position's smallest off-diagonal distance, largest distance, and ``diag(G)``."""

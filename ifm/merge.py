@@ -22,6 +22,7 @@ import torch
 
 from .gram import GroupGram, gram_matrix
 from .groups import ChannelGroup
+from .permute import select_channels
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
@@ -91,17 +92,17 @@ class _GroupState:
     """Bookkeeping of one group: channel *slots* (original positions, where the weights stay), the
     official channel order, counts and clusters, and the group's :class:`GroupGram` over positions."""
 
-    def __init__(self, index: int, group: ChannelGroup, weights: Mapping[str, Tensor], dtype: torch.dtype,
+    def __init__(self, group: ChannelGroup, weights: Mapping[str, Tensor], dtype: torch.dtype,
                  device: torch.device):
         n = group.width
-        self.index, self.group, self.n0 = index, group, n
+        self.group, self.n0 = group, n
         self.counts = [1.0] * n  # per slot
         self.official: list[int] = list(range(n))  # live slots in the official channel order
         self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
-        self.pos2slot: list[int] = list(range(n))
         self.slot2pos: dict[int, int] = {s: s for s in range(n)}
         self.device = device
-        self.slot_of_position = torch.arange(n)  # on the CPU: updated through a NumPy view
+        self.slot_of_position = torch.arange(n)  # on the CPU, also to gather weight slices in Gram order
+        self.pos2slot = self.slot_of_position.numpy()  # the same memory, cheap to index and update
         self.gram = GroupGram(n, dtype, device)
         self.n_merges = 0
         self.dirty = True
@@ -146,13 +147,10 @@ class _GroupState:
         last = self.width - 1
         self.gram.merge(pa, pb, wa, wb)
         self.slot2pos[a] = pa
-        if pb != last:
-            moved = self.pos2slot[last]
-            positions = self.slot_of_position.numpy()
-            positions[pb] = positions[last]
+        if pb != last:  # (if a sat last, it moves into b's position here)
+            moved = int(self.pos2slot[last])
             self.pos2slot[pb] = moved
             self.slot2pos[moved] = pb
-        self.pos2slot.pop()  # (if a sat last, it has just moved into b's position)
 
 
 @dataclass
@@ -178,7 +176,7 @@ class IterativeMerger:
 
     def __init__(self, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype
         self.source = state_dict
         self.groups = list(groups)
@@ -195,7 +193,7 @@ class IterativeMerger:
                     raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
                 slices = _link_slices(self.weights[m.key], m.axis, g.width, self.groups[other].width)
                 self.links[gi].append(_Link(m.axis, other, slices))
-        self.states = [_GroupState(i, g, self.weights, dtype, self.device) for i, g in enumerate(self.groups)]
+        self.states = [_GroupState(g, self.weights, dtype, self.device) for g in self.groups]
         start = time.perf_counter()
         self._init_grams()
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
@@ -206,9 +204,9 @@ class IterativeMerger:
             for m in st.group.distance_members(self.weights):
                 w = self.weights[m.key]
                 if m.axis == 0:
-                    st.gram.parts[0] += gram_matrix(_rows(w, st.n0))
+                    st.gram.rows_part += gram_matrix(_rows(w, st.n0))
                 else:
-                    st.gram.parts[1] += gram_matrix(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
+                    st.gram.columns_part += gram_matrix(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
 
     def _snap(self, dist: Tensor, diag: Tensor) -> Tensor:
         """Below the Gram identity's rounding level a pair is an exact duplicate: its distance is 0,
@@ -250,7 +248,7 @@ class IterativeMerger:
                 hits = (dist <= limit).nonzero().tolist()
                 rows = rows.tolist()
                 candidates = [(rows[r], j) for r, j in hits]
-        slots = [(st.pos2slot[i], st.pos2slot[j]) for i, j in candidates]
+        slots = [(int(st.pos2slot[i]), int(st.pos2slot[j])) for i, j in candidates]
         if len(slots) > 1:
             ranked = []
             for a, b in slots:
@@ -373,37 +371,17 @@ class IterativeMerger:
 
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
-        index = {(m.key, m.axis): torch.tensor(st.official_slots(), device=self.device)
-                 for st in self.states for m in st.group.members if st.official != list(range(st.n0))}
-        widths = {(m.key, m.axis): st.n0 for st in self.states for m in st.group.members}
         current = dict(self.weights)
         for st in self.states:  # 1-D rows were merged in their stacked copy
             current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
-        merged: dict[str, Tensor] = {}
-        for key, source in self.source.items():
-            if key not in current:
-                merged[key] = source.clone()
-                continue
-            w = current[key].to(source.dtype)
-            if (key, 0) in index:
-                w = _rows(w, widths[(key, 0)]).index_select(0, index[(key, 0)]).reshape(-1, *w.shape[1:])
-            if (key, 1) in index:
-                n0, keep = widths[(key, 1)], index[(key, 1)]
-                w = _cols(w, n0).index_select(1, keep).reshape(w.shape[0], w.shape[1] * len(keep) // n0, *w.shape[2:])
-            merged[key] = w.to(source.device)
-        return merged
+        keep = {st.group.name: torch.tensor(st.official_slots(), device=self.device) for st in self.states}
+        gathered = select_channels(current, self.groups, keep)  # new tensors for every member
+        return {key: gathered[key].to(source.device, source.dtype) if key in gathered else source.clone()
+                for key, source in self.source.items()}
 
 
-def _off_diagonal_max_and_row_min(dist: Tensor) -> tuple[float, Tensor]:
-    """Largest off-diagonal entry and every row's smallest off-diagonal entry (the diagonal is left +inf)."""
-    diagonal = dist.diagonal()
-    diagonal.fill_(-math.inf)
-    d_max = dist.max().item()
-    diagonal.fill_(math.inf)
-    return d_max, dist.min(dim=1).values
-
-
-def _default_device() -> torch.device:
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -21,7 +21,7 @@ from .archs import Architecture, channel_groups, get_architecture, model_for_sta
 from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict
-from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
+from .merge import MergeResult, check_hyperparameters, default_device, iterative_feature_merging
 from .metrics import count_flops, count_params
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -34,7 +34,7 @@ def pick_device(name: str | None) -> torch.device:
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise IFMError(f"--device {name} asked for, but CUDA is not available; use --device cpu")
         return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 # --------------------------------------------------------------------------------------- arguments
