@@ -18,17 +18,30 @@ class EvalResult:
     samples: int
 
 
+Normalization = tuple[torch.Tensor, torch.Tensor]
+
+
+def normalization(mean: Sequence[float] | None, std: Sequence[float] | None,
+                  device: torch.device) -> Normalization | None:
+    """Per-channel ``(mean, std)`` tensors shaped for ``(N, C, H, W)`` batches, or None."""
+    if mean is None:
+        return None
+    return torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+
+def as_inputs(images: torch.Tensor, norm: Normalization | None = None) -> torch.Tensor:
+    """uint8 images to float inputs in [0, 1] (ToTensor), optionally normalised."""
+    x = images.float().div_(255)
+    return x if norm is None else (x - norm[0]) / norm[1]
+
+
 def tensor_batches(data: TensorImages, batch_size: int, device: torch.device,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Float batches in [0, 1] (ToTensor), optionally normalised, on ``device``."""
-    norm = None
-    if mean is not None:
-        norm = (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
+    norm = normalization(mean, std, device)
     for start in range(0, len(data), batch_size):
-        x = data.images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
-        if norm is not None:
-            x = (x - norm[0]) / norm[1]
+        x = as_inputs(data.images[start:start + batch_size].to(device, non_blocking=True), norm)
         yield x, data.labels[start:start + batch_size].to(device, non_blocking=True)
 
 

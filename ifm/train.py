@@ -7,7 +7,6 @@ an uninterrupted one exactly.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -22,8 +21,8 @@ import models
 from . import data as datasets
 from .config import Config
 from .errors import IFMError
-from .evaluate import evaluate, tensor_batches
-from .io import append_jsonl, atomic_write, read_jsonl
+from .evaluate import Normalization, as_inputs, evaluate, normalization, tensor_batches
+from .io import append_jsonl, atomic_write, read_jsonl, write_json
 from .plots import pyplot, save_figure
 from .selfmerge import CIFAR10_MEAN, CIFAR10_STD, pick_device
 
@@ -58,6 +57,27 @@ def augment(images: torch.Tensor, ops: list[str], generator: torch.Generator) ->
         flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (autocast when ``amp``: fp16 on CUDA, bf16 on the CPU);
+    returns the loss and the logits."""
+    amp_dtype = torch.float16 if x.device.type == "cuda" else torch.bfloat16
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
+
+
+def training_inputs(images: torch.Tensor, norm: Normalization | None, channels_last: bool) -> torch.Tensor:
+    """Augmented uint8 images to the model's float inputs."""
+    x = as_inputs(images, norm)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def run_directory(config: Config, cfg_name: str, prefix: str, resume: bool) -> Path:
@@ -97,10 +117,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, t.milestones, t.gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
         self.start_epoch = 0
-        self.norm = None
-        if config.data.normalize:
-            self.norm = (torch.tensor(CIFAR10_MEAN, device=self.device).view(1, 3, 1, 1),
-                         torch.tensor(CIFAR10_STD, device=self.device).view(1, 3, 1, 1))
+        self.mean_std = (CIFAR10_MEAN, CIFAR10_STD) if config.data.normalize else (None, None)
+        self.norm = normalization(*self.mean_std, self.device)
 
     # ------------------------------------------------------------------ state
     def save_state(self, epoch: int) -> None:
@@ -120,14 +138,6 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
 
     # ------------------------------------------------------------------ epochs
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255)
-        if self.norm is not None:
-            x = (x - self.norm[0]) / self.norm[1]
-        if self.config.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
     def train_epoch(self, epoch: int) -> tuple[float, float, float]:
         """One epoch; returns (mean loss, accuracy %, images/s)."""
         from tqdm.auto import tqdm
@@ -136,20 +146,14 @@ class Trainer:
         order = torch.randperm(len(self.train_labels), generator=generator).to(self.device)
         self.model.train()
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         bar = tqdm(range(0, len(order), t.batch_size), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
                    leave=False, disable=not self.progress)
         for begin in bar:
             idx = order[begin:begin + t.batch_size]
-            x = self._inputs(augment(self.train_images[idx], self.config.data.augment, generator))
+            x = training_inputs(augment(self.train_images[idx], self.config.data.augment, generator), self.norm,
+                                t.channels_last)
             y = self.train_labels[idx]
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=t.amp):
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, logits = train_step(self.model, self.optimizer, self.scaler, x, y, t.amp)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -169,8 +173,7 @@ class Trainer:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss, train_acc, rate = self.train_epoch(epoch)
-            mean, std = (CIFAR10_MEAN, CIFAR10_STD) if self.norm is not None else (None, None)
-            test = evaluate(self.model, tensor_batches(self.test_data, 512, self.device, mean, std),
+            test = evaluate(self.model, tensor_batches(self.test_data, 512, self.device, *self.mean_std),
                             len(self.test_data), self.device, "test", progress=self.progress)
             metrics = EpochMetrics(epoch, lr, train_loss, train_acc, test.loss, test.accuracy, rate,
                                    time.perf_counter() - start)
@@ -217,5 +220,5 @@ def train_from_config(config: Config, cfg_name: str, prefix: str, resume: bool =
     history = trainer.fit()
     summary = {"run_dir": str(run_dir), "epochs": config.train.epochs,
                "final": history[-1].__dict__ if history else None}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary)
     return run_dir, history

@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from ifm.selfmerge import pick_device  # noqa: E402
-from ifm.train import augment  # noqa: E402
+from ifm.train import augment, train_step, training_inputs  # noqa: E402
 
 
 def images_per_second(model_name: str, width: float, device: torch.device, batch_size: int, steps: int,
@@ -29,20 +28,12 @@ def images_per_second(model_name: str, width: float, device: torch.device, batch
     data = torch.randint(0, 256, (batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (batch_size * 4,), device=device)
     gen = torch.Generator().manual_seed(0)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
 
     def step(i: int) -> None:
         idx = torch.arange(i % 4 * batch_size, (i % 4 + 1) * batch_size, device=device)
-        x = augment(data[idx], ["crop", "flip"], gen).float().div_(255)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            loss = F.cross_entropy(model(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        x = training_inputs(augment(data[idx], ["crop", "flip"], gen), None, channels_last)
+        train_step(model, opt, scaler, x, labels[idx], amp)
 
     for i in range(3):
         step(i)
@@ -73,8 +64,8 @@ def main() -> None:
     for name in args.model:
         for width in args.width:
             rate = images_per_second(name, width, device, args.batch_size, args.steps, args.amp, args.channels_last)
-            hours = 50_000 * args.epochs / rate / 60
-            print(f"{name:9s} width {width:<5} {rate:10.0f} images/s   {args.epochs} epochs of CIFAR-10: {hours:8.1f} min")
+            minutes = 50_000 * args.epochs / rate / 60
+            print(f"{name:9s} width {width:<5} {rate:10.0f} images/s   {args.epochs} epochs of CIFAR-10: {minutes:8.1f} min")
 
 
 if __name__ == "__main__":
