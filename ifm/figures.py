@@ -102,16 +102,18 @@ def plot_heatmaps(matrices: Mapping[str, Tensor], path: str | Path, columns: int
 
 # ------------------------------------------------------------------------------------ Fig. 2(b)
 def equivalence_permutations(clusters: Mapping[str, Sequence[Sequence[int]]], widths: Mapping[str, int]
-                             ) -> tuple[dict[str, Tensor], int]:
-    """π that rotates the channels inside every merged cluster (swapping equivalent features)."""
-    perms, moved = {}, 0
+                             ) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """π that rotates the channels inside every merged cluster (swapping equivalent features), and
+    how many channels it moves in each group."""
+    perms, moved = {}, {}
     for name, groups in clusters.items():
         perm = torch.arange(widths[name])
+        moved[name] = 0
         for cluster in groups:
             if len(cluster) > 1:
                 members = torch.tensor(cluster)
                 perm[members] = members.roll(1)
-                moved += len(cluster)
+                moved[name] += len(cluster)
         perms[name] = perm
     return perms, moved
 
@@ -147,14 +149,14 @@ def fig2b(state_dict: Mapping[str, Tensor], arch: str, beta: float, lambdas: Seq
     groups = channel_groups(arch, state_dict)
     result = iterative_feature_merging(state_dict, groups, beta=beta, device="cpu")
     widths = result.original_widths
-    perms, moved = equivalence_permutations(result.clusters, widths)
-    moved_per_group = {n: sum(len(c) for c in cl if len(c) > 1) for n, cl in result.clusters.items()}
+    perms, moved_per_group = equivalence_permutations(result.clusters, widths)
     model = model_for_state_dict(arch, state_dict)
     equivalent = interpolation_curve(model, state_dict, permute_channels(state_dict, groups, perms), lambdas, evaluate)
     randoms = random_permutations(widths, moved_per_group, seed)
     random_curve = interpolation_curve(model, state_dict, permute_channels(state_dict, groups, randoms),
                                        lambdas, evaluate)
-    return {"beta": beta, "lambdas": list(lambdas), "moved_features": moved, "equivalent": equivalent,
+    return {"beta": beta, "lambdas": list(lambdas), "moved_features": sum(moved_per_group.values()),
+            "equivalent": equivalent,
             "random": random_curve}
 
 

@@ -71,6 +71,14 @@ def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: s
     p.add_argument("--no_progress", action="store_true")
 
 
+def merge_argument_parser(dataset: str, family: str, **parser_options) -> argparse.ArgumentParser:
+    """A parser with the entry scripts' arguments and the options beyond the paper."""
+    parser = argparse.ArgumentParser(**parser_options)
+    add_merge_arguments(parser, dataset, family)
+    add_extension_arguments(parser)
+    return parser
+
+
 # --------------------------------------------------------------------------------------- loading
 @dataclass
 class LoadedModel:
@@ -299,9 +307,8 @@ def format_record(record: dict) -> str:
 def cli(dataset: str, family: str, argv: Sequence[str] | None = None,
         run: Callable[[argparse.Namespace], dict] = run_self_merge) -> int:
     """Entry point of the ``*_self_merge.py`` scripts: one line on stderr and exit 2 on bad input."""
-    parser = argparse.ArgumentParser(description=f"Iterative Feature Merging on a {dataset} {family.upper()}")
-    add_merge_arguments(parser, dataset, family)
-    add_extension_arguments(parser)
+    parser = merge_argument_parser(dataset, family, description=f"Iterative Feature Merging on a {dataset} "
+                                                                f"{family.upper()}")
     args = parser.parse_args(argv)
     try:
         record = run(args)

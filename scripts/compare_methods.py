@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ifm.errors import IFMError  # noqa: E402
 from ifm.io import write_csv  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
-from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
+from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import parse_betas, sweep  # noqa: E402
 
 
@@ -40,10 +40,8 @@ def main(argv=None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--family", default="vgg", choices=["vgg", "resnet"])
     known, _ = pre.parse_known_args(argv)
-    parser = argparse.ArgumentParser(description=__doc__, parents=[pre],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_merge_arguments(parser, "cifar10", known.family)
-    add_extension_arguments(parser)
+    parser = merge_argument_parser("cifar10", known.family, description=__doc__, parents=[pre],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--betas", nargs="+", default=["0.05", "0.1", "0.15", "0.2"])
     parser.add_argument("--recalibrate", type=int, default=2000, help="training images for BN recalibration")
     parser.add_argument("--out", default="figures")

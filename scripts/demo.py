@@ -18,7 +18,7 @@ from ifm import data as datasets  # noqa: E402
 from ifm.config import load_config  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
-from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
+from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
 from ifm.train import train_from_config  # noqa: E402
 
@@ -55,10 +55,7 @@ def main(argv=None) -> int:
     try:
         datasets.load_cifar10(args.data_root, "test", download=not args.no_download)
         checkpoint = trained_checkpoint(args)
-        merge_parser = argparse.ArgumentParser()
-        add_merge_arguments(merge_parser, "cifar10", "vgg")
-        add_extension_arguments(merge_parser)
-        merge_args = merge_parser.parse_args(
+        merge_args = merge_argument_parser("cifar10", "vgg").parse_args(
             ["--vgg_name", "VGG11", "--model_param", str(checkpoint), "--data_root", args.data_root,
              "--results", f"{args.out}/results.jsonl"]
             + (["--eval_samples", str(args.eval_samples)] if args.eval_samples else []))

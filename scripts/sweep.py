@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.errors import IFMError  # noqa: E402
-from ifm.selfmerge import add_extension_arguments, add_merge_arguments  # noqa: E402
+from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
 
 
@@ -26,10 +26,8 @@ def main(argv=None) -> int:
     pre.add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenet"])
     pre.add_argument("--family", default="vgg", choices=["vgg", "resnet"])
     known, _ = pre.parse_known_args(argv)
-    parser = argparse.ArgumentParser(description=__doc__, parents=[pre],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_merge_arguments(parser, known.dataset, known.family)
-    add_extension_arguments(parser)
+    parser = merge_argument_parser(known.dataset, known.family, description=__doc__, parents=[pre],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--betas", nargs="+", default=["paper"],
                         help="'paper' (App. D grid), 'official' (+ 0.22..0.3) or numbers")
     parser.set_defaults(results="results/sweep.jsonl")

@@ -75,7 +75,7 @@ def test_fig2a_heatmaps_match_a_direct_computation(tiny_checkpoints, tmp_path):
 
 def test_equivalence_permutation_rotates_clusters_and_random_moves_as_many():
     perms, moved = equivalence_permutations({"g": [[0], [1, 4, 5], [2, 3]]}, {"g": 6})
-    assert perms["g"].tolist() == [0, 5, 3, 2, 1, 4] and moved == 5
+    assert perms["g"].tolist() == [0, 5, 3, 2, 1, 4] and moved == {"g": 5}
     rand = random_permutations({"g": 10}, {"g": 4}, seed=0)["g"]
     assert sorted(rand.tolist()) == list(range(10)) and (rand != torch.arange(10)).sum() == 4
 
