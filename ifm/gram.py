@@ -1,30 +1,43 @@
-"""Eq. 6 distances of one channel group, kept up to date between merges without touching weights.
+"""Eq. 6 distances of one channel group, kept exact between merges without touching weights.
 
 Eq. 6 for channels ``i, j`` is ``G_ii + G_jj - 2 G_ij``, with ``G`` the Gram matrix of the channel
-vectors (the producers' rows and the consumers' columns). :class:`GroupGram` keeps ``G`` as its rows
-part and its columns part (rows are summed and columns averaged when channels merge), over the live
-channels (*positions* ``0..width-1``; when a channel dies the last position moves into its place):
+vectors (the producers' rows and the consumers' columns). :class:`GroupGram` keeps ``G`` over the live
+channels (*positions* ``0..width-1``; when a channel dies the last position moves into its place) as
 
-* merging two channels of the group combines their rows of both parts: O(n);
-* a merge in a group that shares a tensor changes one part by a low-rank product; products are
-  queued and added in one matrix product when ``G`` is next read (a group that declines meanwhile
-  gathers many of them into one efficient product);
-* each position's smallest and largest distance survive a merge of the group's own channels (only the
-  merged row and column change), so a group whose neighbours are idle pays O(n) per merge.
+* its rows part and its columns part (merging two channels sums their rows and averages their
+  columns, so each part combines its two rows and columns: O(n));
+* plus *pending* low-rank products ``U diag(±1) U^T``: a merge in a group that shares a tensor
+  changes one part by a symmetric rank-2k product. Products wait, and are added to the parts in one
+  large matrix product when ``pending_rank`` columns have gathered (several times faster per product).
 
-Every distance is computed as ``G_ii + (G_jj - 2 G_ij)`` with ``G_ij = rows_ij + columns_ij``, in the
-full pass and in single rows and columns alike, so cached extremes are bit-identical to a fresh pass.
+The closest pair is found among *candidate pairs* whose distances are kept exact: each product
+changes a candidate's distance by ``(u_i - u_j) diag(±1) (u_i - u_j)^T`` (O(k) per pair) and an own
+merge recomputes the merged channel's row. Every other pair is provably farther: a full pass makes
+the closest pairs candidates (``threshold``: every other pair is at least that far apart), and each
+product moves ``D_ij`` by at most ``2 |u_i|^2 + 2 |u_j|^2`` (accumulated per channel in ``moved``;
+a merged channel starts again from 0). While the closest candidate stays below that bound no full
+pass is needed; otherwise (and at the first look) one is made. Eq. 9 declines need only bounds.
+
+The bookkeeping runs in NumPy on the CPU: a merge needs a few dozen small array operations, which
+cost a microsecond there and 5-15 µs in eager PyTorch. Large products are added through PyTorch, on
+the same memory.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
 
-#: Neighbours' low-rank updates of a Gram matrix are queued up to this rank, then added in one product.
-PENDING_RANK = 128
+#: Pending low-rank products gather up to this rank per part before they are added to it.
+PENDING_RANK = 256
+#: A full pass keeps about this many candidate pairs per channel (the closest pairs of the group).
+CANDIDATES_PER_CHANNEL = 2
+#: Groups of more than 16x this many distances pick the candidates' threshold from this many of them.
+SAMPLE = 65536
 
 
 def gram_matrix(m: Tensor, out: Tensor | None = None) -> Tensor:
@@ -45,159 +58,248 @@ def gram_matrix(m: Tensor, out: Tensor | None = None) -> Tensor:
     return out
 
 
-class PendingProducts:
-    """Low-rank products ``sign · V U^T`` waiting to be added to an ``n x n`` matrix (rows: positions)."""
+class Closest(NamedTuple):
+    """A group's closest pair(s) and what Eq. 9 needs: ``d_max`` is exact, or a bound on the side that
+    decides (``d_min <= β·d_max`` proven with a lower bound, ``d_min > β·d_max`` with an upper one)."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.products: list[tuple[Tensor, Tensor, float]] = []
-        self.rank = 0
-
-    def add(self, v: Tensor, u: Tensor, sign: float, target: Tensor, width: int) -> None:
-        """Queue ``sign · v u^T`` (both ``width x r``, not aliasing anything that changes later) for
-        ``target``; when the queue is full it is added to ``target`` first."""
-        if self.rank + v.shape[1] > self.capacity:
-            self.apply_to(target, width)
-        self.products.append((v, u, sign))
-        self.rank += v.shape[1]
-
-    def apply_to(self, target: Tensor, width: int) -> None:
-        """Add the queued products to ``target`` in one matrix product."""
-        if not self.products:
-            return
-        if len(self.products) == 1:
-            v, u, sign = self.products[0]
-        else:
-            v = torch.cat([v if s == 1.0 else v * s for v, _, s in self.products], dim=1)
-            u, sign = torch.cat([u for _, u, _ in self.products], dim=1), 1.0
-        target[:width, :width].addmm_(v, u.T, alpha=sign)
-        self.products.clear()
-        self.rank = 0
+    d_min: float
+    d_max: float
+    ties: list[tuple[int, int]]  # position pairs at distance d_min (row-major ties), empty if declined
 
 
 class GroupGram:
-    """The Gram matrix of one group, as its rows and columns parts, and its Eq. 6 distances."""
+    """The Gram matrix of one group (parts plus pending products) and exact Eq. 6 candidate distances.
 
-    #: keep per-position extremes through own merges when no neighbour changed ``G`` (a test seam)
-    track_extremes = True
+    Args:
+        parts: ``(2, n, n)`` rows part and columns part of ``G`` (float64 or float32, kept and updated).
+        tie: a distance below ``tie · (G_ii + G_jj)`` is an exact duplicate (0).
+        relative_tie: distances within this relative amount of the smallest are tied.
+    """
 
-    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
-        self.width = n
-        self.dtype, self.device = dtype, device
-        self.parts = torch.zeros(2, n, n, dtype=dtype, device=device)  # G = rows part + columns part
-        self.rows_part, self.columns_part = self.parts
-        self.pending = [PendingProducts(PENDING_RANK) for _ in range(2)]
-        self.buffer = torch.empty(0, dtype=dtype, device=device)
-        self.extremes: tuple[Tensor, Tensor] | None = None  # per position: min and max distance
-        self.quiet = True  # no neighbour changed G since the last look
-        self.keep_extremes = False
-        self._coef: Tensor | None = None
+    #: columns of pending products per part before they are added to it
+    pending_rank = PENDING_RANK
+    #: a full pass keeps about this many of the closest pairs per channel as candidates
+    candidates_per_channel = CANDIDATES_PER_CHANNEL
+    #: test seam: a full pass at every look (candidates and bounds are then never relied on)
+    always_scan = False
 
-    def add_product(self, v: Tensor, u: Tensor, sign: float, part: int) -> None:
-        """A neighbour's merge changed ``part`` (0: rows, 1: columns) by ``sign · v u^T``: queued until
-        the next look (or until the queue is full)."""
-        self.pending[part].add(v, u, sign, self.rows_part if part == 0 else self.columns_part, self.width)
-        self.extremes = None
-        self.quiet = False
+    def __init__(self, parts: np.ndarray, tie: float, relative_tie: float):
+        n = parts.shape[1]
+        self.parts, self.width, self.cap = parts, n, self.pending_rank
+        self.tie, self.relative_tie = tie, relative_tie
+        # Pending products U diag(sign) U^T: columns p·cap .. p·cap + rank[p] of ``basis`` for part p.
+        self.basis = np.zeros((n, 2 * self.cap), parts.dtype)
+        self.sign = np.zeros(2 * self.cap, parts.dtype)
+        self.rank = [0, 0]
+        self.diag = parts[0].diagonal() + parts[1].diagonal()  # diag(G), pending products included
+        self._parts_t = torch.from_numpy(parts)
+        self.pair_i = self.pair_j = np.zeros(0, np.int64)  # candidate pairs (positions) ...
+        self.pair_d = np.zeros(0, parts.dtype)  # ... and their exact distances
+        self.threshold = -math.inf  # at the last full pass, every other pair was this far apart ...
+        self.moved = np.zeros(n, parts.dtype)  # ... and since, D_ij moved by <= 2 (moved_i + moved_j)
+        self.max_bound = math.inf  # no distance exceeds this
+        self.per_channel = self.candidates_per_channel  # doubled when a full pass was soon needed again
+        self.scans = self.merges_since_scan = 0
 
-    def _apply_pending(self) -> None:
-        self.pending[0].apply_to(self.rows_part, self.width)
-        self.pending[1].apply_to(self.columns_part, self.width)
+    # --------------------------------------------------------------------------- products
+    def add_product(self, u: np.ndarray, signs: np.ndarray, part: int) -> float:
+        """``part`` (0: rows, 1: columns) changes by ``u diag(signs) u^T`` (``u``: ``width x k``,
+        ``signs``: ±1). Returns the most any distance can move by it."""
+        w, k = u.shape
+        if self.rank[part] + k > self.cap:
+            self.flush()
+        squares = u * u
+        norms = squares.sum(1)
+        self.diag[:w] += squares @ signs
+        if len(self.pair_i):  # D_ij changes by (u_i - u_j) diag(signs) (u_i - u_j)^T
+            delta = u.take(self.pair_i, 0)
+            delta -= u.take(self.pair_j, 0)
+            self.pair_d += np.square(delta, out=delta) @ signs
+        self.moved[:w] += norms  # |dD_ij| <= |u_i - u_j|^2 <= 2 |u_i|^2 + 2 |u_j|^2
+        step = 4.0 * float(norms.max())
+        self.max_bound += step
+        if k > self.cap:  # too wide to wait: add it now
+            self.parts[part, :w, :w] += (u * signs) @ u.T
+            return step
+        start = part * self.cap + self.rank[part]
+        self.basis[:w, start:start + k] = u
+        self.sign[start:start + k] = signs
+        self.rank[part] += k
+        return step
+
+    def _pending(self) -> list[slice]:
+        return [slice(p * self.cap, p * self.cap + r) for p, r in enumerate(self.rank) if r]
+
+    def flush(self) -> None:
+        """Add the pending products to the parts (``G`` itself does not change)."""
+        w = self.width
+        for cols in self._pending():
+            u = self.basis[:w, cols]
+            part = cols.start // self.cap
+            self._parts_t[part, :w, :w].addmm_(torch.from_numpy(u * self.sign[cols]), torch.from_numpy(u).T)
+            u[...] = 0.0
+        self.rank = [0, 0]
 
     # --------------------------------------------------------------------------- distances
-    def _gram(self, rows: Tensor | slice, cols: slice) -> Tensor:
-        """``G[rows, cols]`` (a copy)."""
-        return torch.add(self.rows_part[rows, cols], self.columns_part[rows, cols])
-
-    def diagonal(self) -> Tensor:
-        """``diag(G)`` of the live positions (a copy)."""
+    def distance_matrix(self) -> np.ndarray:
+        """Eq. 6 distances of all live positions, from the parts (pending products added first):
+        ``G_ii + (G_jj - 2 G_ij)``; the diagonal is exactly 0."""
+        self.flush()
         w = self.width
-        return torch.add(self.rows_part.diagonal()[:w], self.columns_part.diagonal()[:w])
+        d = np.add(self.parts[0, :w, :w], self.parts[1, :w, :w])
+        diag = d.diagonal().copy()
+        self.diag[:w] = diag
+        d *= -2.0
+        d += diag
+        d += diag[:, None]
+        return d
 
-    def distance_rows(self, rows: Tensor | slice, diag: Tensor) -> Tensor:
-        """Eq. 6 distances ``D[rows, :]`` (a diagonal entry is exactly 0)."""
-        return torch.add(diag, self._gram(rows, slice(0, self.width)), alpha=-2.0).add_(diag[rows, None])
+    def snap(self, d: np.ndarray, i, j) -> np.ndarray:
+        """Distances below the Gram identity's rounding level (exact duplicates) become 0."""
+        return np.where(d <= self.tie * (self.diag[i] + self.diag[j]), 0.0, d)
 
-    def distance_columns(self, cols: slice, diag: Tensor) -> Tensor:
-        """Eq. 6 distances ``D[:, cols]``, each entry computed as in its row."""
-        return torch.add(diag[cols], self._gram(slice(0, self.width), cols), alpha=-2.0).add_(diag[:, None])
-
-    def look(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Every position's smallest off-diagonal distance, largest distance, and ``diag(G)``."""
-        self._apply_pending()
-        self.keep_extremes, self.quiet = self.quiet and self.track_extremes, True
+    def scan(self) -> None:
+        """A full pass: the closest pairs become the candidates (with the farthest pair), and
+        ``threshold`` the distance below which all pairs are candidates."""
         w = self.width
-        if self.extremes is not None:
-            return (*self.extremes, self.diagonal())
-        if self.buffer.numel() < w * w:
-            self.buffer = torch.empty(w * w, dtype=self.dtype, device=self.device)
-        half = torch.add(self.rows_part[:w, :w], self.columns_part[:w, :w], out=self.buffer[: w * w].view(w, w))
-        diag = half.diagonal().clone()
-        torch.add(diag, half, alpha=-2.0, out=half)
-        row_max = half.amax(dim=1).add_(diag)  # the diagonal's D_ii = 0 never exceeds a row's max
-        half.diagonal().fill_(math.inf)
-        self.extremes = (half.amin(dim=1).add_(diag), row_max)
-        return (*self.extremes, diag)
+        self.scans += 1
+        self.merges_since_scan = 0
+        d = self.distance_matrix()
+        flat = d.ravel()
+        np.fill_diagonal(d, -math.inf)
+        far = int(flat.argmax())
+        np.fill_diagonal(d, math.inf)
+        keep = 2 * self.per_channel * w  # each pair appears twice
+        if keep < w * (w - 1) and w * w > 16 * SAMPLE:  # the threshold from a sample: much cheaper
+            sample = np.partition(flat[:: w * w // SAMPLE], SAMPLE * keep // (w * w))
+            self.threshold = float(sample[SAMPLE * keep // (w * w)])
+            nearest = np.flatnonzero(flat < self.threshold)
+        elif keep < w * (w - 1):
+            nearest = np.argpartition(flat, keep)
+            self.threshold = float(flat[nearest[keep]])
+            nearest = nearest[:keep]
+            nearest = nearest[flat[nearest] < self.threshold]
+        else:
+            self.threshold = math.inf
+            nearest = np.flatnonzero(np.isfinite(flat))
+        i, j = np.divmod(nearest, w)
+        upper = i < j  # (both orientations are there, up to rounding)
+        far_i, far_j = sorted(divmod(far, w))
+        self.pair_i, self.pair_j = np.append(i[upper], far_i), np.append(j[upper], far_j)
+        self.pair_d = flat[self.pair_i * w + self.pair_j]
+        self.moved[:] = 0.0
+        self.max_bound = max(float(flat[far]), 0.0)
+
+    def _all_pairs(self) -> None:
+        w = self.width
+        d = self.distance_matrix()
+        self.pair_i, self.pair_j = np.triu_indices(w, 1)
+        self.pair_d = d[self.pair_i, self.pair_j]
+        self.threshold = math.inf
+        self.max_bound = max(float(self.pair_d.max()), 0.0)
+
+    def lower_bound(self) -> float:
+        """Every pair that is not a candidate is at least this far apart."""
+        if self.threshold == math.inf:
+            return math.inf
+        moved = self.moved[: self.width]
+        top2 = np.partition(moved, len(moved) - 2)[-2:] if len(moved) > 2 else moved
+        return self.threshold - 2.0 * float(top2.sum())
+
+    def _merged_distances(self, m: int) -> np.ndarray:
+        """Eq. 6 distances of position ``m`` to every live position (``m`` itself: 0)."""
+        w = self.width
+        g = self.parts[0, m, :w] + self.parts[1, m, :w]
+        for cols in self._pending():
+            g += self.basis[:w, cols] @ (self.basis[m, cols] * self.sign[cols])
+        row = self.diag[m] + (self.diag[:w] - 2.0 * g)
+        row[m] = 0.0
+        return row
+
+    def closest(self, beta: float) -> Closest | None:
+        """The closest pair(s), or enough to know that Eq. 9 (``d_min > β·d_max``) stops the group."""
+        if self.width < 2:
+            return None
+        fresh = self.always_scan or not len(self.pair_i)
+        if fresh:
+            self.scan()
+        while True:
+            i, j, d = self.pair_i, self.pair_j, self.pair_d
+            tie_level = self.tie * 2.0 * float(self.diag[: self.width].max())
+            d_min = float(d.min())
+            snapped = d_min <= tie_level
+            if snapped:  # rounding-level distances are exact ties at 0
+                d = self.snap(d, i, j)
+                d_min = float(d.min())
+            limit = d_min if snapped else d_min * (1.0 + self.relative_tie)
+            lower = self.lower_bound()
+            if min(d_min, lower) > beta * self.max_bound:  # Eq. 9 stops, whichever pair is closest
+                return Closest(min(d_min, lower), self.max_bound, [])
+            if max(limit, tie_level) + tie_level < lower:  # no other pair is as close
+                known_max = max(float(d.max()), 0.0)  # a real pair's distance (D_ii = 0 counts)
+                if d_min <= beta * known_max:
+                    hits = np.flatnonzero(d <= limit)
+                    return Closest(d_min, known_max, list(zip(i[hits].tolist(), j[hits].tolist())))
+                everything = self.threshold == math.inf  # all pairs are candidates: known_max is exact
+                if everything or d_min > beta * self.max_bound:
+                    return Closest(d_min, known_max if everything else self.max_bound, [])
+            if fresh:  # even a full pass's closest pairs cannot settle it (massive ties): all pairs
+                self._all_pairs()
+            else:
+                self.scan()
+                fresh = True
 
     # --------------------------------------------------------------------------- merging
     def merge(self, a: int, b: int, wa: float, wb: float) -> None:
         """Position ``a`` becomes the merge of ``a`` and ``b`` (rows part summed, columns part
-        ``wa·a + wb·b``); position ``b`` is removed."""
-        self._apply_pending()
-        w, parts = self.width, self.parts
-        lo, hi = min(a, b), max(a, b)
-        pick = slice(lo, hi + 1, hi - lo)
-        extremes, self.extremes = self.extremes, None
-        stale = None
-        if self.keep_extremes and extremes is not None:
-            diag = self.diagonal()
-            stale = self.distance_columns(pick, diag)
-        coef = self._coefficients(*((wa, wb) if a < b else (wb, wa)))  # (part, 1, 2)
-        new = torch.bmm(coef, parts[:, pick, :w])  # (part, 1, w)
-        diag_new = torch.bmm(new[:, :, pick], coef.transpose(1, 2))  # (part, 1, 1)
-        parts[:, a:a + 1, :w] = new
-        parts[:, :w, a:a + 1] = new.transpose(1, 2)
-        parts[:, a:a + 1, a:a + 1] = diag_new
-        self._remove(b)
-        if stale is not None:
-            self._update_extremes(extremes, stale, a, b, w - 1)
-
-    def _coefficients(self, c_lo: float, c_hi: float) -> Tensor:
-        """``[[[1, 1]], [[c_lo, c_hi]]]``: on the CPU written in place through a NumPy view (a new
-        small tensor costs more than the rest of a merge's bookkeeping)."""
-        if self.device.type != "cpu":
-            return torch.tensor([[[1.0, 1.0]], [[c_lo, c_hi]]], dtype=self.dtype, device=self.device)
-        if self._coef is None:
-            self._coef = torch.ones(2, 1, 2, dtype=self.dtype)
-        self._coef.numpy()[1, 0] = (c_lo, c_hi)
-        return self._coef
-
-    def _remove(self, pos: int) -> None:
-        last = self.width - 1
-        if pos != last:
-            self.parts[:, pos, :last + 1] = self.parts[:, last, :last + 1]
-            self.parts[:, :last + 1, pos] = self.parts[:, :last + 1, last]
-        self.width -= 1
-
-    def _update_extremes(self, extremes: tuple[Tensor, Tensor], stale: Tensor, a: int, b: int, last: int
-                         ) -> None:
-        """After merging ``a`` and ``b`` (``last`` moved into ``b``): rows whose extreme sat in a changed
-        column, and the merged row, are recomputed; every other row only meets the merged column."""
-        row_min, row_max = extremes
-        touched = ((stale == row_min[:, None]) | (stale == row_max[:, None])).any(dim=1)
+        ``wa·a + wb·b``); position ``b`` is removed (the last position moves into it)."""
+        w, parts, basis = self.width, self.parts, self.basis
+        rows = parts[0, a, :w] + parts[0, b, :w]
+        cols = wa * parts[1, a, :w] + wb * parts[1, b, :w]
+        rows[a] += rows[b]
+        cols[a] = wa * cols[a] + wb * cols[b]
+        for part, new in ((0, rows), (1, cols)):
+            parts[part, a, :w] = new
+            parts[part, :w, a] = new
+        r0, r1 = self.rank
+        basis[a, :r0] += basis[b, :r0]
+        mean = slice(self.cap, self.cap + r1)
+        basis[a, mean] *= wa
+        basis[a, mean] += wb * basis[b, mean]
+        self.diag[a] = rows[a] + cols[a] + (basis[a] * basis[a]) @ self.sign
+        self.moved[a] = 0.0  # the merged channel's distances are computed afresh below
+        last = w - 1
         if b != last:
-            for values in (row_min, row_max, touched):
-                values[b] = values[last]
-        row_min, row_max, touched = row_min[:last], row_max[:last], touched[:last]
-        merged = b if a == last else a
-        diag = self.diagonal()
-        fresh = self.distance_columns(slice(merged, merged + 1), diag)[:, 0]
-        torch.minimum(row_min, fresh, out=row_min)
-        torch.maximum(row_max, fresh, out=row_max)
-        touched[merged] = True
-        rows = touched.nonzero().flatten()
-        dist = self.distance_rows(rows, diag)
-        row_max[rows] = dist.amax(dim=1)
-        dist[torch.arange(len(rows), device=self.device), rows] = math.inf
-        row_min[rows] = dist.amin(dim=1)
-        self.extremes = (row_min, row_max)
+            parts[:, b, :w] = parts[:, last, :w]
+            parts[:, :w, b] = parts[:, :w, last]
+            basis[b] = basis[last]
+            self.diag[b] = self.diag[last]
+            self.moved[b] = self.moved[last]
+        basis[last] = 0.0
+        self.width = last
+        self.merges_since_scan += 1
+        self._update_candidates(a, b, last)
+
+    def _update_candidates(self, a: int, b: int, last: int) -> None:
+        """Drop the pairs of ``a`` and ``b``, rename ``last`` to ``b``, and add the merged channel's
+        pairs closer than ``threshold`` (and its farthest pair)."""
+        i, j = self.pair_i, self.pair_j
+        keep = (i != a) & (j != a) & (i != b) & (j != b)
+        i, j, d = i[keep], j[keep], self.pair_d[keep]
+        if b != last:
+            i[i == last] = b
+            j[j == last] = b
+        m = b if a == last else a
+        if self.width < 2:
+            self.pair_i, self.pair_j, self.pair_d = i, j, d
+            return
+        row = self._merged_distances(m)
+        far = int(row.argmax())
+        self.max_bound = max(self.max_bound, float(row[far]))
+        row[m] = math.inf
+        new = np.flatnonzero(row < self.threshold)
+        if far != m:
+            new = np.append(new, far)
+        self.pair_i = np.concatenate([i, np.full(len(new), m)])
+        self.pair_j = np.concatenate([j, new])
+        self.pair_d = np.concatenate([d, row.take(new)])

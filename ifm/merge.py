@@ -1,10 +1,14 @@
 """Iterative Feature Merging (Eq. 6-10): the merge loop, weights and results.
 
 The result is identical to the official algorithm (same merge sequence, widths and channel order),
-but no distance matrix is ever recomputed from the weights after the first pass: each group's
-Eq. 6 distances live in a :class:`~ifm.gram.GroupGram` (Gram matrices updated by O(n) combinations
-for the group's own merges and by low-rank products for its neighbours' merges). Here:
+but no distance matrix is recomputed from the weights after the first pass: each group's Eq. 6
+distances live in a :class:`~ifm.gram.GroupGram` (a Gram matrix updated by O(n) combinations for the
+group's own merges and by low-rank products for its neighbours' merges, and the exact distances of
+the group's closest pairs). Here:
 
+* the first pass (one Gram matrix per group) runs in PyTorch on ``device`` (CUDA when present); the
+  merge loop runs on the CPU, in NumPy views of the same memory, where its many small operations
+  are cheapest;
 * a group whose Gram matrix did not change since it last declined, or whose distances provably
   moved too little to change Eq. 9's verdict, declines again unexamined;
 * the weights are merged in place in their original channel *slots* (rows summed, columns
@@ -18,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .gram import GroupGram, gram_matrix
@@ -78,40 +83,36 @@ def check_hyperparameters(beta: float, max_ratio: float) -> None:
         raise ValueError(f"max_ratio must lie in (0, 1], got {max_ratio}; e.g. --max_ratio 1.0")
 
 
-def _rows(t: Tensor, n: int) -> Tensor:
+def _rows(w: np.ndarray, n: int) -> np.ndarray:
     """View with the channel on dim 0: ``(n, rest)``."""
-    return t.reshape(n, -1)
+    return w.reshape(n, -1)
 
 
-def _cols(t: Tensor, n: int) -> Tensor:
+def _cols(w: np.ndarray, n: int) -> np.ndarray:
     """View with the channel on dim 1: ``(out, n, block)`` (a flattened linear input has block > 1)."""
-    return t.reshape(t.shape[0], n, -1)
+    return w.reshape(w.shape[0], n, -1)
 
 
 class _GroupState:
     """Bookkeeping of one group: channel *slots* (original positions, where the weights stay), the
     official channel order, counts and clusters, and the group's :class:`GroupGram` over positions."""
 
-    def __init__(self, group: ChannelGroup, weights: Mapping[str, Tensor], dtype: torch.dtype,
-                 device: torch.device):
+    def __init__(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray], gram: GroupGram):
         n = group.width
-        self.group, self.n0 = group, n
+        self.group, self.n0, self.gram = group, n, gram
         self.counts = [1.0] * n  # per slot
         self.official: list[int] = list(range(n))  # live slots in the official channel order
         self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
         self.slot2pos: dict[int, int] = {s: s for s in range(n)}
-        self.device = device
-        self.slot_of_position = torch.arange(n)  # on the CPU, also to gather weight slices in Gram order
-        self.pos2slot = self.slot_of_position.numpy()  # the same memory, cheap to index and update
-        self.gram = GroupGram(n, dtype, device)
+        self.pos2slot = np.arange(n)  # also gathers weight slices into Gram order
         self.n_merges = 0
         self.dirty = True
-        # In-place views of the merged tensors: rows to sum, columns to average; 1-D rows stacked.
+        # In-place views of the merged arrays: rows to sum, columns to average; 1-D rows stacked.
         axis0 = [m.key for m in group.members if m.axis == 0]
-        self.row_views = [_rows(weights[k], n) for k in axis0 if weights[k].ndim >= 2]
-        self.col_views = [_cols(weights[m.key], n) for m in group.members if m.axis == 1]
-        self.vector_keys = [k for k in axis0 if weights[k].ndim == 1]
-        self.vectors = torch.stack([weights[k] for k in self.vector_keys], 1) if self.vector_keys else None
+        self.row_views = [_rows(arrays[k], n) for k in axis0 if arrays[k].ndim >= 2]
+        self.col_views = [_cols(arrays[m.key], n) for m in group.members if m.axis == 1]
+        self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1]
+        self.vectors = np.stack([arrays[k] for k in self.vector_keys], 1) if self.vector_keys else None
         # After a declined visit: its (d_min, d_max) and a bound on how far any distance has moved
         # since, through neighbours' low-rank updates (None: unknown, a full look is needed).
         self.declined_at: tuple[float, float] | None = None
@@ -134,12 +135,20 @@ class _GroupState:
     def official_slots(self) -> list[int]:
         return list(self.official)
 
-    def positions(self) -> Tensor | None:
+    def first_in_official_order(self, pairs: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The slots of the tied position pair that comes first in row-major official order."""
+        slots = [(int(self.pos2slot[i]), int(self.pos2slot[j])) for i, j in pairs]
+        if len(slots) == 1:
+            return slots[0]
+        ranked = []
+        for a, b in set(slots):
+            ra, rb = self.official_rank(a), self.official_rank(b)
+            ranked.append(((min(ra, rb), max(ra, rb)), a, b))
+        return min(ranked)[1:]
+
+    def positions(self) -> np.ndarray | None:
         """Slot of every live position (to gather weight slices into Gram order); None while all live."""
-        if self.width == self.n0:
-            return None
-        live = self.slot_of_position[: self.width]
-        return live if self.device.type == "cpu" else live.to(self.device)
+        return None if self.width == self.n0 else self.pos2slot[: self.width]
 
     def merge_positions(self, a: int, b: int, wa: float, wb: float) -> None:
         """Merge slots ``a`` and ``b`` in the Gram bookkeeping (the last position moves into ``b``'s)."""
@@ -162,13 +171,14 @@ class _Link:
 
     axis: int
     other: int
-    slices: Tensor
+    slices: np.ndarray
+    signs: np.ndarray  # of the other group's update u diag(signs) u^T (see ``_update_linked_gram``)
 
 
-def _link_slices(w: Tensor, axis: int, n_own: int, n_other: int) -> Tensor:
+def _link_slices(w: np.ndarray, axis: int, n_own: int, n_other: int) -> np.ndarray:
     if axis == 0:  # own rows, other's columns
         return w.reshape(n_own, n_other, -1)
-    return w.reshape(n_other, n_own, -1).transpose(0, 1)  # own columns, other's rows
+    return w.reshape(n_other, n_own, -1).transpose(1, 0, 2)  # own columns, other's rows
 
 
 class IterativeMerger:
@@ -176,88 +186,62 @@ class IterativeMerger:
 
     def __init__(self, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
+        if dtype not in TIE_TOLERANCE:
+            raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype
         self.source = state_dict
         self.groups = list(groups)
         member_keys = {m.key for g in self.groups for m in g.members}
-        self.weights = {k: state_dict[k].detach().to(self.device, dtype, copy=True) for k in member_keys}
+        # merged in place on the CPU, through NumPy views of the same memory
+        self.weights = {k: state_dict[k].detach().to("cpu", dtype, copy=True).contiguous() for k in member_keys}
+        arrays = {k: w.numpy() for k, w in self.weights.items()}
         owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         for gi, g in enumerate(self.groups):
             for m in g.members:
                 other = owners.get((m.key, 1 - m.axis))
-                if other is None or self.weights[m.key].ndim < 2:
+                if other is None or arrays[m.key].ndim < 2:
                     continue
                 if other == gi:
                     raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
-                slices = _link_slices(self.weights[m.key], m.axis, g.width, self.groups[other].width)
-                self.links[gi].append(_Link(m.axis, other, slices))
-        self.states = [_GroupState(g, self.weights, dtype, self.device) for g in self.groups]
+                slices = _link_slices(arrays[m.key], m.axis, g.width, self.groups[other].width)
+                k = slices.shape[2]
+                signs = np.repeat([1.0, -1.0], k) if m.axis == 0 else np.full(2 * k, -1.0)
+                self.links[gi].append(_Link(m.axis, other, slices, signs.astype(slices.dtype)))
         start = time.perf_counter()
-        self._init_grams()
+        tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
+        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g), tie, relative)) for g in self.groups]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
-    def _init_grams(self) -> None:
-        for st in self.states:
-            for m in st.group.distance_members(self.weights):
-                w = self.weights[m.key]
-                if m.axis == 0:
-                    st.gram.rows_part += gram_matrix(_rows(w, st.n0))
-                else:
-                    st.gram.columns_part += gram_matrix(_cols(w, st.n0).transpose(0, 1).reshape(st.n0, -1))
-
-    def _snap(self, dist: Tensor, diag: Tensor) -> Tensor:
-        """Below the Gram identity's rounding level a pair is an exact duplicate: its distance is 0,
-        so exact ties are ties (broken in row-major order) and no distance is negative."""
-        norms = diag[:, None] + diag[None, :]
-        return dist.masked_fill_(dist <= TIE_TOLERANCE[self.dtype] * norms, 0.0)
+    def _gram_parts(self, group: ChannelGroup) -> np.ndarray:
+        """The group's Gram matrix (rows part, columns part), computed on ``device``, as a CPU array
+        (on the CPU through NumPy, whose ``m @ m.T`` computes one triangle)."""
+        n = group.width
+        on_cpu = self.device.type == "cpu"
+        parts = torch.zeros(2, n, n, dtype=self.dtype, device=self.device)
+        for m in group.distance_members(self.weights):
+            w = self.weights[m.key] if on_cpu else self.weights[m.key].to(self.device)
+            rows = w.reshape(n, -1) if m.axis == 0 else w.reshape(w.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
+            if on_cpu:
+                rows = rows.numpy()
+                parts[m.axis] += torch.from_numpy(rows @ rows.T)
+            else:
+                parts[m.axis] += gram_matrix(rows)
+        return parts.cpu().numpy()
 
     def distances(self, gi: int) -> Tensor:
-        """Eq. 6 distances between the group's live channels, in the official channel order."""
+        """Eq. 6 distances between the group's live channels, in the official channel order (rounding-
+        level distances snapped to 0)."""
         st = self.states[gi]
-        diag = st.gram.look()[2]
-        dist = self._snap(st.gram.distance_rows(slice(0, st.width), diag), diag)
-        dist.diagonal().zero_()
-        order = torch.tensor([st.slot2pos[s] for s in st.official], device=self.device)
-        return dist[order][:, order]
-
-    def closest_pair(self, gi: int) -> tuple[int, int, float, float] | None:
-        """``(slot_a, slot_b, d_min, d_max)`` of the closest pair (official-order ties), or None."""
-        st = self.states[gi]
-        if st.width < 2:
-            return None
-        row_min, row_max, diag = st.gram.look()
-        d_min, d_max, norm = torch.stack([row_min.min(), row_max.max(), diag.max()]).tolist()
-        if d_min <= TIE_TOLERANCE[self.dtype] * 2 * norm:
-            # rounding-level distances: snap them to exact zeros, then every zero is a candidate
-            dist = self._snap(st.gram.distance_rows(slice(0, st.width), diag), diag)
-            d_max = dist.max().item()
-            dist.diagonal().fill_(math.inf)
-            d_min = dist.min().item()
-            candidates = (dist == d_min).nonzero().tolist()
-        else:  # pairs within a relative 1e-12 (the asymmetry of Gram rounding) are tied
-            limit = d_min * (1 + RELATIVE_TIE[self.dtype])
-            rows = (row_min <= limit).nonzero().flatten()
-            if len(rows) == 2:  # then the two rows are the only pair within the limit
-                candidates = [rows.tolist()]
-            else:
-                dist = st.gram.distance_rows(rows, diag)
-                dist[torch.arange(len(rows), device=self.device), rows] = math.inf
-                hits = (dist <= limit).nonzero().tolist()
-                rows = rows.tolist()
-                candidates = [(rows[r], j) for r, j in hits]
-        slots = [(int(st.pos2slot[i]), int(st.pos2slot[j])) for i, j in candidates]
-        if len(slots) > 1:
-            ranked = []
-            for a, b in slots:
-                ra, rb = st.official_rank(a), st.official_rank(b)
-                ranked.append(((min(ra, rb), max(ra, rb)), a, b))
-            _, a, b = min(ranked)
-        else:
-            a, b = slots[0]
-        return a, b, d_min, d_max
+        gram = st.gram
+        dist = gram.distance_matrix()
+        i, j = np.indices(dist.shape)
+        dist = gram.snap(dist, i, j)
+        np.fill_diagonal(dist, 0.0)
+        order = [st.slot2pos[s] for s in st.official]
+        return torch.from_numpy(dist[np.ix_(order, order)])
 
     # ----------------------------------------------------------------------------- merging
     def merge(self, gi: int, a: int, b: int) -> None:
@@ -270,11 +254,11 @@ class IterativeMerger:
         for link in self.links[gi]:
             self._update_linked_gram(link, a, b, wa, wb)
         for rows in st.row_views:  # dead slots keep stale values: nothing reads them again
-            rows[a].add_(rows[b])
+            rows[a] += rows[b]
         if st.vectors is not None:
-            st.vectors[a].add_(st.vectors[b])
+            st.vectors[a] += st.vectors[b]
         for cols in st.col_views:
-            cols.select(1, a).lerp_(cols.select(1, b), wb)
+            cols[:, a] += wb * (cols[:, b] - cols[:, a])
         st.merge_positions(a, b, wa, wb)
         st.counts[a], st.counts[b] = na + nb, 0.0
         st.clusters[a], st.clusters[b] = sorted(st.clusters[a] + st.clusters[b]), []
@@ -288,28 +272,24 @@ class IterativeMerger:
         """Rank-2k update of the other group's Gram matrix for a merge of own channels ``a``, ``b``.
 
         With ``A``, ``B`` the two slices (one row per channel of the other group): summed rows
-        (axis 0) give ``dG = A B^T + B A^T``; a count-weighted mean of columns (axis 1) gives
-        ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B``, which equals ``-X X^T`` with
-        ``X = [wb A + wa B, sqrt(2 wa wb) (A - B)]``. Either way ``|dD_ij| <= 4 max_k |U_k|^2``.
+        (axis 0) give ``dG = A B^T + B A^T``; a count-weighted mean of columns
+        (axis 1) gives ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B``, which equals ``-X X^T`` with
+        ``X = [wb A + wa B, sqrt(2 wa wb) (A - B)]``.
         """
         other = self.states[link.other]
-        first, second = link.slices[a], link.slices[b]
-        k = first.shape[1]
-        if link.axis == 0:
-            factors = torch.cat([first, second, first], dim=1)  # U = [A, B], V = [B, A]
+        first, second = link.slices[a], link.slices[b]  # over all of the other group's slots
+        if link.axis == 0:  # A B^T + B A^T = (P P^T - Q Q^T) / 2 with P = A + B, Q = A - B
+            u = np.concatenate([first + second, first - second], 1)
+            u *= math.sqrt(0.5)
         else:
-            spread = torch.sub(first, second).mul_(math.sqrt(2.0 * wa * wb))
-            factors = torch.cat([torch.lerp(second, first, wb), spread], dim=1)
+            spread = first - second
+            u = np.concatenate([second + wb * spread, math.sqrt(2.0 * wa * wb) * spread], 1)
         order = other.positions()
         if order is not None:
-            factors = factors.index_select(0, order)
-        if link.axis == 0:
-            u, v, sign = factors[:, :2 * k], factors[:, k:], 1.0
-        else:
-            u, v, sign = factors, factors, -1.0
-        other.gram.add_product(v, u, sign, part=1 - link.axis)
+            u = u.take(order, 0)
+        step = other.gram.add_product(u, link.signs, part=1 - link.axis)
         if other.declined_at is not None:
-            other.drift += 4.0 * u.square().sum(dim=1).max().item()
+            other.drift += step
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
@@ -318,15 +298,15 @@ class IterativeMerger:
         st = self.states[gi]
         if not st.dirty or st.still_declines(beta):
             return False
-        found = self.closest_pair(gi)
-        if found is None or found[2] > beta * found[3]:
+        found = st.gram.closest(beta)
+        if found is None or not found.ties:
             st.dirty = False
-            st.declined_at, st.drift = (found[2], found[3]) if found else None, 0.0
+            st.declined_at, st.drift = (found.d_min, found.d_max) if found else None, 0.0
             return False
         st.declined_at = None
-        a, b, d_min, _ = found
+        a, b = st.first_in_official_order(found.ties)
         ra, rb = st.official_rank(a), st.official_rank(b)
-        log.append(MergeStep(iteration, st.group.name, min(ra, rb), max(ra, rb), d_min))
+        log.append(MergeStep(iteration, st.group.name, min(ra, rb), max(ra, rb), found.d_min))
         self.merge(gi, a, b)
         return True
 
@@ -358,8 +338,6 @@ class IterativeMerger:
         else:
             raise ValueError(f"order must be 'official' or 'layerwise', got {order!r}")
         bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         seconds = self.init_seconds + time.perf_counter() - start
         return MergeResult(
             state_dict=self.merged_state_dict(),
@@ -373,8 +351,8 @@ class IterativeMerger:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
         current = dict(self.weights)
         for st in self.states:  # 1-D rows were merged in their stacked copy
-            current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
-        keep = {st.group.name: torch.tensor(st.official_slots(), device=self.device) for st in self.states}
+            current.update({key: torch.from_numpy(st.vectors[:, c]) for c, key in enumerate(st.vector_keys)})
+        keep = {st.group.name: torch.tensor(st.official_slots()) for st in self.states}
         gathered = select_channels(current, self.groups, keep)  # new tensors for every member
         return {key: gathered[key].to(source.device, source.dtype) if key in gathered else source.clone()
                 for key, source in self.source.items()}
@@ -416,7 +394,7 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
         max_ratio: cap in (0, 1]: a group is visited while ``iteration < width·max_ratio``.
         order: ``"official"`` (one merge per group per sweep) or ``"layerwise"`` (Algorithm 1).
         dtype: float64 (default) or float32 bookkeeping of weights and Gram matrices.
-        device: where to compute (default: CUDA when present).
+        device: where the first Gram pass runs (default: CUDA when present); the loop runs on the CPU.
         progress: show a progress bar.
 
     Returns:

@@ -159,25 +159,43 @@ def test_incremental_distances_equal_a_fresh_computation():
 
 
 @pytest.mark.parametrize("order", ["official", "layerwise"])
-def test_cached_extremes_and_queued_products_change_nothing(order, monkeypatch):
-    """Distances from cached per-row extremes and queued low-rank products are bit-identical."""
+@pytest.mark.parametrize("pending_rank,candidates", [(256, 4), (8, 1), (40, 2)])
+def test_candidates_and_pending_products_match_full_passes(order, pending_rank, candidates, monkeypatch):
+    """Closest pairs from exact candidate distances, bounds and pending products (here also with tiny
+    queues and few candidates, so that flushes and fresh passes happen mid-run) give the merge log of
+    a full distance pass at every look, and of the naive algorithm."""
     arch, sd, groups = _weights_with_duplicates("VGG11")
-    looks = []
-    original_look = GroupGram.look
+    monkeypatch.setattr(GroupGram, "pending_rank", pending_rank)
+    monkeypatch.setattr(GroupGram, "candidates_per_channel", candidates)
+    merger = IterativeMerger(sd, groups)
+    fast = merger.run(beta=0.3, order=order)
+    looks = sum(st.n_merges for st in merger.states)
+    scans = sum(st.gram.scans for st in merger.states)
+    assert fast.n_merges > 50 and scans < looks / 2  # most looks used the candidates alone
+    monkeypatch.setattr(GroupGram, "always_scan", True)
+    full = iterative_feature_merging(sd, groups, beta=0.3, order=order)
+    step = lambda s: (s.iteration, s.group, s.i, s.j)  # noqa: E731
+    assert [step(s) for s in fast.merge_log] == [step(s) for s in full.merge_log]
+    for s, t in zip(fast.merge_log, full.merge_log):
+        assert s.distance == pytest.approx(t.distance, rel=1e-9, abs=1e-12)
+    _, widths, log = naive_ifm(sd, [(g.name, g.width, g.members) for g in groups], 0.3, 1.0, order)
+    assert [step(s) for s in fast.merge_log] == _naive_log(log) and fast.widths == widths
 
-    def counting_look(self):
-        looks.append(self.extremes is None)
-        return original_look(self)
 
-    monkeypatch.setattr(GroupGram, "look", counting_look)
-    cached = iterative_feature_merging(sd, groups, beta=0.3, order=order)
-    full_looks = sum(looks)
-    assert cached.n_merges > 50 and full_looks < len(looks) / 2  # most looks reused their extremes
-    monkeypatch.setattr(GroupGram, "track_extremes", False)
-    looks.clear()
-    fresh = iterative_feature_merging(sd, groups, beta=0.3, order=order)
-    assert sum(looks) == len(looks)
-    assert cached.merge_log == fresh.merge_log  # distances included, exactly
+@pytest.mark.parametrize("order", ["official", "layerwise"])
+def test_more_tied_closest_pairs_than_candidates(order):
+    """Channels at the corners of a 5-cube: 80 pairs tie at the smallest distance, more than a full
+    pass keeps as candidates, so every pair is examined; ties still go in row-major official order."""
+    sd, groups = _one_group_net(32)
+    corners = torch.tensor([[(c >> bit) & 1 for bit in range(5)] for c in range(32)], dtype=torch.float32)
+    sd["0.weight"], sd["2.weight"] = corners + 1.0, torch.zeros_like(sd["2.weight"])
+    merger = IterativeMerger(sd, groups)
+    result = merger.run(beta=0.5, order=order)
+    assert merger.states[0].gram.threshold == float("inf")  # all pairs became candidates
+    _, widths, log = naive_ifm(sd, [(g.name, g.width, g.members) for g in groups], 0.5, 1.0, order)
+    assert result.merge_log[0].distance == 1.0 and (result.merge_log[0].i, result.merge_log[0].j) == (0, 1)
+    assert [(s.iteration, s.group, s.i, s.j) for s in result.merge_log] == _naive_log(log)
+    assert result.widths == widths and result.n_merges > 3
 
 
 def test_gram_matrix_by_halves():
