@@ -59,11 +59,9 @@ def gram_matrix(m: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 class Closest(NamedTuple):
-    """A group's closest pair(s) and what Eq. 9 needs: ``d_max`` is exact, or a bound on the side that
-    decides (``d_min <= β·d_max`` proven with a lower bound, ``d_min > β·d_max`` with an upper one)."""
+    """Eq. 9's verdict on a group: the tied closest position pairs, or none when it stops."""
 
-    d_min: float
-    d_max: float
+    d_min: float  # exact when merging; when stopping, a lower bound on the smallest distance
     ties: list[tuple[int, int]]  # position pairs at distance d_min (row-major ties), empty if declined
 
 
@@ -98,13 +96,12 @@ class GroupGram:
         self.threshold = -math.inf  # at the last full pass, every other pair was this far apart ...
         self.moved = np.zeros(n, parts.dtype)  # ... and since, D_ij moved by <= 2 (moved_i + moved_j)
         self.max_bound = math.inf  # no distance exceeds this
-        self.per_channel = self.candidates_per_channel  # doubled when a full pass was soon needed again
-        self.scans = self.merges_since_scan = 0
+        self.scans = 0
 
     # --------------------------------------------------------------------------- products
-    def add_product(self, u: np.ndarray, signs: np.ndarray, part: int) -> float:
+    def add_product(self, u: np.ndarray, signs: np.ndarray, part: int) -> None:
         """``part`` (0: rows, 1: columns) changes by ``u diag(signs) u^T`` (``u``: ``width x k``,
-        ``signs``: ±1). Returns the most any distance can move by it."""
+        ``signs``: ±1)."""
         w, k = u.shape
         if self.rank[part] + k > self.cap:
             self.flush()
@@ -116,27 +113,28 @@ class GroupGram:
             delta -= u.take(self.pair_j, 0)
             self.pair_d += np.square(delta, out=delta) @ signs
         self.moved[:w] += norms  # |dD_ij| <= |u_i - u_j|^2 <= 2 |u_i|^2 + 2 |u_j|^2
-        step = 4.0 * float(norms.max())
-        self.max_bound += step
+        self.max_bound += 4.0 * float(norms.max())
         if k > self.cap:  # too wide to wait: add it now
-            self.parts[part, :w, :w] += (u * signs) @ u.T
-            return step
+            self._add_to_part(part, u, signs)
+            return
         start = part * self.cap + self.rank[part]
         self.basis[:w, start:start + k] = u
         self.sign[start:start + k] = signs
         self.rank[part] += k
-        return step
 
     def _pending(self) -> list[slice]:
         return [slice(p * self.cap, p * self.cap + r) for p, r in enumerate(self.rank) if r]
 
+    def _add_to_part(self, part: int, u: np.ndarray, signs: np.ndarray) -> None:
+        """``parts[part] += u diag(signs) u^T`` in one matrix product."""
+        w = self.width
+        self._parts_t[part, :w, :w].addmm_(torch.from_numpy(u * signs), torch.from_numpy(np.ascontiguousarray(u)).T)
+
     def flush(self) -> None:
         """Add the pending products to the parts (``G`` itself does not change)."""
-        w = self.width
         for cols in self._pending():
-            u = self.basis[:w, cols]
-            part = cols.start // self.cap
-            self._parts_t[part, :w, :w].addmm_(torch.from_numpy(u * self.sign[cols]), torch.from_numpy(u).T)
+            u = self.basis[: self.width, cols]
+            self._add_to_part(cols.start // self.cap, u, self.sign[cols])
             u[...] = 0.0
         self.rank = [0, 0]
 
@@ -163,13 +161,12 @@ class GroupGram:
         ``threshold`` the distance below which all pairs are candidates."""
         w = self.width
         self.scans += 1
-        self.merges_since_scan = 0
         d = self.distance_matrix()
         flat = d.ravel()
         np.fill_diagonal(d, -math.inf)
         far = int(flat.argmax())
         np.fill_diagonal(d, math.inf)
-        keep = 2 * self.per_channel * w  # each pair appears twice
+        keep = 2 * self.candidates_per_channel * w  # each pair appears twice
         if keep < w * (w - 1) and w * w > 16 * SAMPLE:  # the threshold from a sample: much cheaper
             sample = np.partition(flat[:: w * w // SAMPLE], SAMPLE * keep // (w * w))
             self.threshold = float(sample[SAMPLE * keep // (w * w)])
@@ -234,15 +231,14 @@ class GroupGram:
             limit = d_min if snapped else d_min * (1.0 + self.relative_tie)
             lower = self.lower_bound()
             if min(d_min, lower) > beta * self.max_bound:  # Eq. 9 stops, whichever pair is closest
-                return Closest(min(d_min, lower), self.max_bound, [])
+                return Closest(min(d_min, lower), [])
             if max(limit, tie_level) + tie_level < lower:  # no other pair is as close
                 known_max = max(float(d.max()), 0.0)  # a real pair's distance (D_ii = 0 counts)
                 if d_min <= beta * known_max:
                     hits = np.flatnonzero(d <= limit)
-                    return Closest(d_min, known_max, list(zip(i[hits].tolist(), j[hits].tolist())))
-                everything = self.threshold == math.inf  # all pairs are candidates: known_max is exact
-                if everything or d_min > beta * self.max_bound:
-                    return Closest(d_min, known_max if everything else self.max_bound, [])
+                    return Closest(d_min, list(zip(i[hits].tolist(), j[hits].tolist())))
+                if self.threshold == math.inf:  # all pairs are candidates: known_max is exact
+                    return Closest(d_min, [])
             if fresh:  # even a full pass's closest pairs cannot settle it (massive ties): all pairs
                 self._all_pairs()
             else:
@@ -277,7 +273,6 @@ class GroupGram:
             self.moved[b] = self.moved[last]
         basis[last] = 0.0
         self.width = last
-        self.merges_since_scan += 1
         self._update_candidates(a, b, last)
 
     def _update_candidates(self, a: int, b: int, last: int) -> None:

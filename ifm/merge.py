@@ -9,8 +9,8 @@ the group's closest pairs). Here:
 * the first pass (one Gram matrix per group) runs in PyTorch on ``device`` (CUDA when present); the
   merge loop runs on the CPU, in NumPy views of the same memory, where its many small operations
   are cheapest;
-* a group whose Gram matrix did not change since it last declined, or whose distances provably
-  moved too little to change Eq. 9's verdict, declines again unexamined;
+* a group whose Gram matrix did not change since it last declined declines again unexamined (one
+  whose distances provably moved too little to change Eq. 9's verdict declines on its bounds);
 * the weights are merged in place in their original channel *slots* (rows summed, columns
   count-weighted), and gathered once at the end in the official channel order (the merged channel
   goes last at each merge).
@@ -106,28 +106,17 @@ class _GroupState:
         self.slot2pos: dict[int, int] = {s: s for s in range(n)}
         self.pos2slot = np.arange(n)  # also gathers weight slices into Gram order
         self.n_merges = 0
-        self.dirty = True
+        self.dirty = True  # changed since it last declined
         # In-place views of the merged arrays: rows to sum, columns to average; 1-D rows stacked.
         axis0 = [m.key for m in group.members if m.axis == 0]
         self.row_views = [_rows(arrays[k], n) for k in axis0 if arrays[k].ndim >= 2]
         self.col_views = [_cols(arrays[m.key], n) for m in group.members if m.axis == 1]
         self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1]
         self.vectors = np.stack([arrays[k] for k in self.vector_keys], 1) if self.vector_keys else None
-        # After a declined visit: its (d_min, d_max) and a bound on how far any distance has moved
-        # since, through neighbours' low-rank updates (None: unknown, a full look is needed).
-        self.declined_at: tuple[float, float] | None = None
-        self.drift = 0.0
 
     @property
     def width(self) -> int:
         return self.gram.width
-
-    def still_declines(self, beta: float) -> bool:
-        """Whether Eq. 9 provably still says stop, without looking (distances moved <= drift)."""
-        if self.declined_at is None:
-            return False
-        d_min, d_max = self.declined_at
-        return d_min - self.drift > beta * (d_max + self.drift)
 
     def official_rank(self, slot: int) -> int:
         return self.official.index(slot)
@@ -287,23 +276,19 @@ class IterativeMerger:
         order = other.positions()
         if order is not None:
             u = u.take(order, 0)
-        step = other.gram.add_product(u, link.signs, part=1 - link.axis)
-        if other.declined_at is not None:
-            other.drift += step
+        other.gram.add_product(u, link.signs, part=1 - link.axis)
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
     def visit(self, gi: int, beta: float, iteration: int, log: list[MergeStep]) -> bool:
         """Examine group ``gi`` once: merge its closest pair unless Eq. 9 says stop."""
         st = self.states[gi]
-        if not st.dirty or st.still_declines(beta):
+        if not st.dirty:
             return False
-        found = st.gram.closest(beta)
+        found = st.gram.closest(beta)  # a decline needs only bounds, kept by the Gram bookkeeping
         if found is None or not found.ties:
             st.dirty = False
-            st.declined_at, st.drift = (found.d_min, found.d_max) if found else None, 0.0
             return False
-        st.declined_at = None
         a, b = st.first_in_official_order(found.ties)
         ra, rb = st.official_rank(a), st.official_rank(b)
         log.append(MergeStep(iteration, st.group.name, min(ra, rb), max(ra, rb), found.d_min))
