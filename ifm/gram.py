@@ -7,8 +7,10 @@ channels (*positions* ``0..width-1``; when a channel dies the last position move
 * its rows part and its columns part (merging two channels sums their rows and averages their
   columns, so each part combines its two rows and columns: O(n));
 * plus *pending* low-rank products ``U diag(±1) U^T``: a merge in a group that shares a tensor
-  changes one part by a symmetric rank-2k product. Products wait, and are added to the parts in one
-  large matrix product when ``pending_rank`` columns have gathered (several times faster per product).
+  changes one part by a symmetric rank-2k product. Products wait, and are added to the parts by
+  symmetric rank-k updates (BLAS ``syrk``, :mod:`ifm.blas`) when ``pending_rank`` columns have
+  gathered (several times faster per product). ``syrk`` updates one triangle: only the parts' upper
+  triangles are kept.
 
 The closest pair is found among *candidate pairs* whose distances are kept exact: each product
 changes a candidate's distance by ``(u_i - u_j) diag(±1) (u_i - u_j)^T`` (O(k) per pair) and an own
@@ -18,9 +20,7 @@ product moves ``D_ij`` by at most ``2 |u_i|^2 + 2 |u_j|^2`` (accumulated per cha
 a merged channel starts again from 0). While the closest candidate stays below that bound no full
 pass is needed; otherwise (and at the first look) one is made. Eq. 9 declines need only bounds.
 
-The bookkeeping runs in NumPy on the CPU: a merge needs a few dozen small array operations, which
-cost a microsecond there and 5-15 µs in eager PyTorch. Large products are added through PyTorch, on
-the same memory.
+The bookkeeping runs on the CPU, each step of a merge in one compiled loop (:mod:`ifm.kernels`).
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from . import kernels
+from .blas import syrk_upper
 
 Tensor = torch.Tensor
 
@@ -69,7 +72,8 @@ class GroupGram:
     """The Gram matrix of one group (parts plus pending products) and exact Eq. 6 candidate distances.
 
     Args:
-        parts: ``(2, n, n)`` rows part and columns part of ``G`` (float64 or float32, kept and updated).
+        parts: ``(2, n, n)`` rows part and columns part of ``G`` (float64 or float32, kept and updated;
+            only their upper triangles are read).
         tie: a distance below ``tie · (G_ii + G_jj)`` is an exact duplicate (0).
         relative_tie: distances within this relative amount of the smallest are tied.
     """
@@ -83,218 +87,173 @@ class GroupGram:
 
     def __init__(self, parts: np.ndarray, tie: float, relative_tie: float):
         n = parts.shape[1]
-        self.parts, self.width, self.cap = parts, n, self.pending_rank
+        self.parts, self.width = parts, n
+        self.half = max(self.pending_rank // 2, 1)
+        self.cap = 2 * self.half
         self.tie, self.relative_tie = tie, relative_tie
-        # Pending products U diag(sign) U^T: columns p·cap .. p·cap + rank[p] of ``basis`` for part p.
-        self.basis = np.zeros((n, 2 * self.cap), parts.dtype)
-        self.sign = np.zeros(2 * self.cap, parts.dtype)
-        self.rank = [0, 0]
+        # Pending products U diag(sign) U^T, stored as rows of U^T in three regions (see
+        # :mod:`ifm.kernels`): the rows part's (all sign -1) in [0, r0), the columns part's sign +1
+        # and sign -1 halves in [cap, cap + rp) and [cap + half, cap + half + rp).
+        self.basis = np.zeros((2 * self.cap, n), parts.dtype)
+        self.r0 = self.rp = 0
         self.diag = parts[0].diagonal() + parts[1].diagonal()  # diag(G), pending products included
-        self._parts_t = torch.from_numpy(parts)
-        self.pair_i = self.pair_j = np.zeros(0, np.int64)  # candidate pairs (positions) ...
-        self.pair_d = np.zeros(0, parts.dtype)  # ... and their exact distances
+        self.n_pairs = 0  # candidate pairs (positions) and their exact distances: the first n_pairs of
+        self.pair_i = self.pair_j = np.zeros(0, np.int64)  # ... these
+        self.pair_d = np.zeros(0, parts.dtype)
         self.threshold = -math.inf  # at the last full pass, every other pair was this far apart ...
         self.moved = np.zeros(n, parts.dtype)  # ... and since, D_ij moved by <= 2 (moved_i + moved_j)
         self.max_bound = math.inf  # no distance exceeds this
         self.scans = 0
 
+    @property
+    def _pending(self) -> tuple:
+        return self.r0, self.rp, self.cap, self.half
+
     # --------------------------------------------------------------------------- products
-    def add_product(self, u: np.ndarray, signs: np.ndarray, part: int) -> None:
-        """``part`` (0: rows, 1: columns) changes by ``u diag(signs) u^T`` (``u``: ``width x k``,
-        ``signs``: ±1)."""
-        w, k = u.shape
-        if self.rank[part] + k > self.cap:
-            self.flush()
-        squares = u * u
-        norms = squares.sum(1)
-        self.diag[:w] += squares @ signs
-        if len(self.pair_i):  # D_ij changes by (u_i - u_j) diag(signs) (u_i - u_j)^T
-            delta = u.take(self.pair_i, 0)
-            delta -= u.take(self.pair_j, 0)
-            self.pair_d += np.square(delta, out=delta) @ signs
-        self.moved[:w] += norms  # |dD_ij| <= |u_i - u_j|^2 <= 2 |u_i|^2 + 2 |u_j|^2
-        self.max_bound += 4.0 * float(norms.max())
-        if k > self.cap:  # too wide to wait: add it now
-            self._add_to_part(part, u, signs)
+    def merge_linked(self, slices: np.ndarray, a: int, b: int, wa: float, wb: float, mean: bool,
+                     slot_pos: np.ndarray) -> None:
+        """A neighbour merges its channels ``a`` and ``b`` (weights ``wa``, ``wb``) in a tensor whose
+        slices (one row per slot of this group) are ``slices[a]`` and ``slices[b]``: summed (``mean``
+        false: the product goes to the columns part) or count-weighted (``mean`` true: the rows
+        part), in place at the live slots (``slot_pos``: each slot's position, -1 if dead)."""
+        w, k = self.width, slices.shape[2]
+        if (2 * k > self.cap) if mean else (k > self.half):  # too wide to wait: add it now
+            u = np.empty((2 * k, w), self.parts.dtype)
+            self._merge_linked(u, 0, k, slices, a, b, wa, wb, mean, slot_pos)
+            part = self.parts[0 if mean else 1, :w, :w]
+            syrk_upper(part, u[:k], -1.0 if mean else 1.0)
+            syrk_upper(part, u[k:], -1.0)
             return
-        start = part * self.cap + self.rank[part]
-        self.basis[:w, start:start + k] = u
-        self.sign[start:start + k] = signs
-        self.rank[part] += k
+        if (self.r0 + 2 * k > self.cap) if mean else (self.rp + k > self.half):
+            self.flush()
+        if mean:
+            self._merge_linked(self.basis, self.r0, self.r0 + k, slices, a, b, wa, wb, mean, slot_pos)
+            self.r0 += 2 * k
+        else:
+            first = self.cap + self.rp
+            self._merge_linked(self.basis, first, first + self.half, slices, a, b, wa, wb, mean, slot_pos)
+            self.rp += k
 
-    def _pending(self) -> list[slice]:
-        return [slice(p * self.cap, p * self.cap + r) for p, r in enumerate(self.rank) if r]
-
-    def _add_to_part(self, part: int, u: np.ndarray, signs: np.ndarray) -> None:
-        """``parts[part] += u diag(signs) u^T`` in one matrix product."""
-        w = self.width
-        self._parts_t[part, :w, :w].addmm_(torch.from_numpy(u * signs), torch.from_numpy(np.ascontiguousarray(u)).T)
+    def _merge_linked(self, dest, first_row, second_row, slices, a, b, wa, wb, mean, slot_pos) -> None:
+        largest = kernels.merge_linked(slices, a, b, wa, wb, mean, slot_pos, self.width, dest, first_row, second_row,
+                                       self.diag, self.moved, self.pair_i, self.pair_j, self.pair_d, self.n_pairs)
+        self.max_bound += 4.0 * largest  # |dD_ij| <= |u_i - u_j|^2 <= 2 |u_i|^2 + 2 |u_j|^2
 
     def flush(self) -> None:
         """Add the pending products to the parts (``G`` itself does not change)."""
-        for cols in self._pending():
-            u = self.basis[: self.width, cols]
-            self._add_to_part(cols.start // self.cap, u, self.sign[cols])
-            u[...] = 0.0
-        self.rank = [0, 0]
+        w = self.width
+        for which in range(3):
+            lo, hi, sign, rows_part = kernels.region(which, *self._pending)
+            if hi > lo:
+                syrk_upper(self.parts[0 if rows_part else 1, :w, :w], self.basis[lo:hi, :w], sign)
+        self.r0 = self.rp = 0
 
     # --------------------------------------------------------------------------- distances
-    def distance_matrix(self) -> np.ndarray:
-        """Eq. 6 distances of all live positions, from the parts (pending products added first):
-        ``G_ii + (G_jj - 2 G_ij)``; the diagonal is exactly 0."""
+    def _upper_distances(self) -> tuple[np.ndarray, tuple[int, int, float]]:
+        """Eq. 6 distances of all pairs ``i < j`` (row-major), from the parts (pending products added
+        first), and the farthest pair."""
         self.flush()
         w = self.width
-        d = np.add(self.parts[0, :w, :w], self.parts[1, :w, :w])
-        diag = d.diagonal().copy()
-        self.diag[:w] = diag
-        d *= -2.0
-        d += diag
-        d += diag[:, None]
+        out = np.empty(w * (w - 1) // 2, self.parts.dtype)
+        far = kernels.upper_distances(self.parts, w, self.diag, out)
+        return out, far
+
+    def distance_matrix(self) -> np.ndarray:
+        """Eq. 6 distances of all live positions (symmetric, zero diagonal)."""
+        out, _ = self._upper_distances()
+        w = self.width
+        d = np.zeros((w, w), self.parts.dtype)
+        i, j = np.triu_indices(w, 1)
+        d[i, j] = d[j, i] = out
         return d
 
     def snap(self, d: np.ndarray, i, j) -> np.ndarray:
         """Distances below the Gram identity's rounding level (exact duplicates) become 0."""
         return np.where(d <= self.tie * (self.diag[i] + self.diag[j]), 0.0, d)
 
-    def scan(self) -> None:
-        """A full pass: the closest pairs become the candidates (with the farthest pair), and
-        ``threshold`` the distance below which all pairs are candidates."""
+    def _new_candidates(self, n: int) -> None:
+        """Empty candidate arrays with room for ``n`` pairs and those that merges add."""
+        room = n + 2 * self.width + 8
+        self.pair_i, self.pair_j = np.empty(room, np.int64), np.empty(room, np.int64)
+        self.pair_d = np.empty(room, self.parts.dtype)
+
+    def _grow_candidates(self) -> None:
+        n = self.n_pairs
+        i, j, d = self.pair_i[:n], self.pair_j[:n], self.pair_d[:n]
+        self._new_candidates(n)
+        self.pair_i[:n], self.pair_j[:n], self.pair_d[:n] = i, j, d
+
+    def scan(self, all_pairs: bool = False) -> None:
+        """A full pass: the closest pairs (``all_pairs``: every pair) become the candidates, with the
+        farthest pair, and ``threshold`` the distance below which all pairs are candidates."""
         w = self.width
         self.scans += 1
-        d = self.distance_matrix()
-        flat = d.ravel()
-        np.fill_diagonal(d, -math.inf)
-        far = int(flat.argmax())
-        np.fill_diagonal(d, math.inf)
-        keep = 2 * self.candidates_per_channel * w  # each pair appears twice
-        if keep < w * (w - 1) and w * w > 16 * SAMPLE:  # the threshold from a sample: much cheaper
-            sample = np.partition(flat[:: w * w // SAMPLE], SAMPLE * keep // (w * w))
-            self.threshold = float(sample[SAMPLE * keep // (w * w)])
-            nearest = np.flatnonzero(flat < self.threshold)
-        elif keep < w * (w - 1):
-            nearest = np.argpartition(flat, keep)
-            self.threshold = float(flat[nearest[keep]])
-            nearest = nearest[:keep]
-            nearest = nearest[flat[nearest] < self.threshold]
-        else:
+        out, (far_i, far_j, far_d) = self._upper_distances()
+        keep = self.candidates_per_channel * w
+        if all_pairs or keep >= len(out):
             self.threshold = math.inf
-            nearest = np.flatnonzero(np.isfinite(flat))
-        i, j = np.divmod(nearest, w)
-        upper = i < j  # (both orientations are there, up to rounding)
-        far_i, far_j = sorted(divmod(far, w))
-        self.pair_i, self.pair_j = np.append(i[upper], far_i), np.append(j[upper], far_j)
-        self.pair_d = flat[self.pair_i * w + self.pair_j]
+        elif len(out) > 8 * SAMPLE:  # the threshold from a sample: much cheaper
+            sample = np.partition(out[:: len(out) // SAMPLE], SAMPLE * keep // len(out))
+            self.threshold = float(sample[SAMPLE * keep // len(out)])
+        else:
+            self.threshold = float(np.partition(out, keep)[keep])
+        n = len(out) if self.threshold == math.inf else int(np.count_nonzero(out < self.threshold))
+        self._new_candidates(n + 1)
+        n = kernels.pairs_below(out, w, self.threshold, self.pair_i, self.pair_j, self.pair_d)
+        self.pair_i[n], self.pair_j[n], self.pair_d[n] = far_i, far_j, far_d
+        self.n_pairs = n + 1
         self.moved[:] = 0.0
-        self.max_bound = max(float(flat[far]), 0.0)
-
-    def _all_pairs(self) -> None:
-        w = self.width
-        d = self.distance_matrix()
-        self.pair_i, self.pair_j = np.triu_indices(w, 1)
-        self.pair_d = d[self.pair_i, self.pair_j]
-        self.threshold = math.inf
-        self.max_bound = max(float(self.pair_d.max()), 0.0)
-
-    def lower_bound(self) -> float:
-        """Every pair that is not a candidate is at least this far apart."""
-        if self.threshold == math.inf:
-            return math.inf
-        moved = self.moved[: self.width]
-        top2 = np.partition(moved, len(moved) - 2)[-2:] if len(moved) > 2 else moved
-        return self.threshold - 2.0 * float(top2.sum())
-
-    def _merged_distances(self, m: int) -> np.ndarray:
-        """Eq. 6 distances of position ``m`` to every live position (``m`` itself: 0)."""
-        w = self.width
-        g = self.parts[0, m, :w] + self.parts[1, m, :w]
-        for cols in self._pending():
-            g += self.basis[:w, cols] @ (self.basis[m, cols] * self.sign[cols])
-        row = self.diag[m] + (self.diag[:w] - 2.0 * g)
-        row[m] = 0.0
-        return row
+        self.max_bound = max(far_d, 0.0)
 
     def closest(self, beta: float) -> Closest | None:
         """The closest pair(s), or enough to know that Eq. 9 (``d_min > β·d_max``) stops the group."""
         if self.width < 2:
             return None
-        fresh = self.always_scan or not len(self.pair_i)
+        fresh = self.always_scan or not self.n_pairs
         if fresh:
             self.scan()
         while True:
-            i, j, d = self.pair_i, self.pair_j, self.pair_d
-            tie_level = self.tie * 2.0 * float(self.diag[: self.width].max())
-            d_min = float(d.min())
+            n = self.n_pairs
+            d_min, d_max, diag_max, top_moved = kernels.candidate_summary(self.pair_d, n, self.diag, self.moved,
+                                                                          self.width)
+            i, j, d = self.pair_i[:n], self.pair_j[:n], self.pair_d[:n]
+            tie_level = self.tie * 2.0 * diag_max
             snapped = d_min <= tie_level
             if snapped:  # rounding-level distances are exact ties at 0
                 d = self.snap(d, i, j)
-                d_min = float(d.min())
+                d_min, d_max = float(d.min()), float(d.max())
             limit = d_min if snapped else d_min * (1.0 + self.relative_tie)
-            lower = self.lower_bound()
+            # every pair that is not a candidate is at least this far apart
+            lower = math.inf if self.threshold == math.inf else self.threshold - 2.0 * top_moved
             if min(d_min, lower) > beta * self.max_bound:  # Eq. 9 stops, whichever pair is closest
                 return Closest(min(d_min, lower), [])
             if max(limit, tie_level) + tie_level < lower:  # no other pair is as close
-                known_max = max(float(d.max()), 0.0)  # a real pair's distance (D_ii = 0 counts)
+                known_max = max(d_max, 0.0)  # a real pair's distance (D_ii = 0 counts)
                 if d_min <= beta * known_max:
                     hits = np.flatnonzero(d <= limit)
                     return Closest(d_min, list(zip(i[hits].tolist(), j[hits].tolist())))
                 if self.threshold == math.inf:  # all pairs are candidates: known_max is exact
                     return Closest(d_min, [])
-            if fresh:  # even a full pass's closest pairs cannot settle it (massive ties): all pairs
-                self._all_pairs()
-            else:
-                self.scan()
-                fresh = True
+            # A full pass; if even its closest pairs cannot settle it (massive ties): all pairs.
+            self.scan(all_pairs=fresh)
+            fresh = True
 
     # --------------------------------------------------------------------------- merging
     def merge(self, a: int, b: int, wa: float, wb: float) -> None:
         """Position ``a`` becomes the merge of ``a`` and ``b`` (rows part summed, columns part
-        ``wa·a + wb·b``); position ``b`` is removed (the last position moves into it)."""
-        w, parts, basis = self.width, self.parts, self.basis
-        rows = parts[0, a, :w] + parts[0, b, :w]
-        cols = wa * parts[1, a, :w] + wb * parts[1, b, :w]
-        rows[a] += rows[b]
-        cols[a] = wa * cols[a] + wb * cols[b]
-        for part, new in ((0, rows), (1, cols)):
-            parts[part, a, :w] = new
-            parts[part, :w, a] = new
-        r0, r1 = self.rank
-        basis[a, :r0] += basis[b, :r0]
-        mean = slice(self.cap, self.cap + r1)
-        basis[a, mean] *= wa
-        basis[a, mean] += wb * basis[b, mean]
-        self.diag[a] = rows[a] + cols[a] + (basis[a] * basis[a]) @ self.sign
-        self.moved[a] = 0.0  # the merged channel's distances are computed afresh below
-        last = w - 1
-        if b != last:
-            parts[:, b, :w] = parts[:, last, :w]
-            parts[:, :w, b] = parts[:, :w, last]
-            basis[b] = basis[last]
-            self.diag[b] = self.diag[last]
-            self.moved[b] = self.moved[last]
-        basis[last] = 0.0
-        self.width = last
-        self._update_candidates(a, b, last)
-
-    def _update_candidates(self, a: int, b: int, last: int) -> None:
-        """Drop the pairs of ``a`` and ``b``, rename ``last`` to ``b``, and add the merged channel's
-        pairs closer than ``threshold`` (and its farthest pair)."""
-        i, j = self.pair_i, self.pair_j
-        keep = (i != a) & (j != a) & (i != b) & (j != b)
-        i, j, d = i[keep], j[keep], self.pair_d[keep]
-        if b != last:
-            i[i == last] = b
-            j[j == last] = b
-        m = b if a == last else a
-        if self.width < 2:
-            self.pair_i, self.pair_j, self.pair_d = i, j, d
+        ``wa·a + wb·b``); position ``b`` is removed (the last position moves into it). The candidates
+        lose the pairs of ``a`` and ``b`` and gain the merged channel's pairs closer than
+        ``threshold`` (and its farthest pair)."""
+        kernels.merge_positions(self.parts, self.basis, *self._pending, self.diag, self.moved, a, b, wa, wb,
+                                self.width)
+        last = self.width = self.width - 1
+        if last < 2:
+            self.n_pairs = 0
             return
-        row = self._merged_distances(m)
-        far = int(row.argmax())
-        self.max_bound = max(self.max_bound, float(row[far]))
-        row[m] = math.inf
-        new = np.flatnonzero(row < self.threshold)
-        if far != m:
-            new = np.append(new, far)
-        self.pair_i = np.concatenate([i, np.full(len(new), m)])
-        self.pair_j = np.concatenate([j, new])
-        self.pair_d = np.concatenate([d, row.take(new)])
+        m = b if a == last else a
+        if self.n_pairs + last + 1 > len(self.pair_i):
+            self._grow_candidates()
+        row = kernels.gram_row(self.parts, self.basis, *self._pending, m, last)
+        self.n_pairs, farthest = kernels.replace_candidates(self.pair_i, self.pair_j, self.pair_d, self.n_pairs,
+                                                            a, b, m, row, self.diag, self.threshold)
+        self.max_bound = max(self.max_bound, farthest)

@@ -25,6 +25,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from .blas import syrk_upper
 from .gram import GroupGram, gram_matrix
 from .groups import ChannelGroup
 from .permute import select_channels
@@ -97,20 +98,22 @@ class _GroupState:
     """Bookkeeping of one group: channel *slots* (original positions, where the weights stay), the
     official channel order, counts and clusters, and the group's :class:`GroupGram` over positions."""
 
-    def __init__(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray], gram: GroupGram):
+    def __init__(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray], gram: GroupGram,
+                 linked: set[tuple[str, int]]):
         n = group.width
         self.group, self.n0, self.gram = group, n, gram
         self.counts = [1.0] * n  # per slot
         self.official: list[int] = list(range(n))  # live slots in the official channel order
         self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
-        self.slot2pos: dict[int, int] = {s: s for s in range(n)}
-        self.pos2slot = np.arange(n)  # also gathers weight slices into Gram order
+        self.slot_pos = np.arange(n)  # Gram position of each slot (-1: merged away)
+        self.pos2slot = np.arange(n)
         self.n_merges = 0
         self.dirty = True  # changed since it last declined
-        # In-place views of the merged arrays: rows to sum, columns to average; 1-D rows stacked.
+        # In-place views of the merged arrays that no neighbour shares (``linked`` ones are merged
+        # with the neighbour's Gram update): rows to sum, columns to average; 1-D rows stacked.
         axis0 = [m.key for m in group.members if m.axis == 0]
-        self.row_views = [_rows(arrays[k], n) for k in axis0 if arrays[k].ndim >= 2]
-        self.col_views = [_cols(arrays[m.key], n) for m in group.members if m.axis == 1]
+        self.row_views = [_rows(arrays[k], n) for k in axis0 if arrays[k].ndim >= 2 and (k, 0) not in linked]
+        self.col_views = [_cols(arrays[m.key], n) for m in group.members if m.axis == 1 and (m.key, 1) not in linked]
         self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1]
         self.vectors = np.stack([arrays[k] for k in self.vector_keys], 1) if self.vector_keys else None
 
@@ -135,20 +138,16 @@ class _GroupState:
             ranked.append(((min(ra, rb), max(ra, rb)), a, b))
         return min(ranked)[1:]
 
-    def positions(self) -> np.ndarray | None:
-        """Slot of every live position (to gather weight slices into Gram order); None while all live."""
-        return None if self.width == self.n0 else self.pos2slot[: self.width]
-
     def merge_positions(self, a: int, b: int, wa: float, wb: float) -> None:
         """Merge slots ``a`` and ``b`` in the Gram bookkeeping (the last position moves into ``b``'s)."""
-        pa, pb = self.slot2pos.pop(a), self.slot2pos.pop(b)
+        pa, pb = int(self.slot_pos[a]), int(self.slot_pos[b])
         last = self.width - 1
         self.gram.merge(pa, pb, wa, wb)
-        self.slot2pos[a] = pa
+        self.slot_pos[b] = -1
         if pb != last:  # (if a sat last, it moves into b's position here)
             moved = int(self.pos2slot[last])
             self.pos2slot[pb] = moved
-            self.slot2pos[moved] = pb
+            self.slot_pos[moved] = pb
 
 
 @dataclass
@@ -161,7 +160,6 @@ class _Link:
     axis: int
     other: int
     slices: np.ndarray
-    signs: np.ndarray  # of the other group's update u diag(signs) u^T (see ``_update_linked_gram``)
 
 
 def _link_slices(w: np.ndarray, axis: int, n_own: int, n_other: int) -> np.ndarray:
@@ -187,6 +185,7 @@ class IterativeMerger:
         arrays = {k: w.numpy() for k, w in self.weights.items()}
         owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
+        linked: list[set[tuple[str, int]]] = [set() for _ in self.groups]  # members merged by a link
         for gi, g in enumerate(self.groups):
             for m in g.members:
                 other = owners.get((m.key, 1 - m.axis))
@@ -195,30 +194,35 @@ class IterativeMerger:
                 if other == gi:
                     raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
                 slices = _link_slices(arrays[m.key], m.axis, g.width, self.groups[other].width)
-                k = slices.shape[2]
-                signs = np.repeat([1.0, -1.0], k) if m.axis == 0 else np.full(2 * k, -1.0)
-                self.links[gi].append(_Link(m.axis, other, slices, signs.astype(slices.dtype)))
+                self.links[gi].append(_Link(m.axis, other, slices))
+                linked[gi].add((m.key, m.axis))
         start = time.perf_counter()
         tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
-        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g), tie, relative)) for g in self.groups]
+        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative), linked[gi])
+                       for gi, g in enumerate(self.groups)]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
-    def _gram_parts(self, group: ChannelGroup) -> np.ndarray:
-        """The group's Gram matrix (rows part, columns part), computed on ``device``, as a CPU array
-        (on the CPU through NumPy, whose ``m @ m.T`` computes one triangle)."""
+    def _gram_parts(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The group's Gram matrix (rows part, columns part) as a CPU array, computed on ``device``.
+
+        On the CPU: upper triangles only, by symmetric rank-k updates (no PyTorch operation in between,
+        whose worker threads would spin against the BLAS threads).
+        """
         n = group.width
-        on_cpu = self.device.type == "cpu"
-        parts = torch.zeros(2, n, n, dtype=self.dtype, device=self.device)
-        for m in group.distance_members(self.weights):
-            w = self.weights[m.key] if on_cpu else self.weights[m.key].to(self.device)
+        members = group.distance_members(self.weights)
+        if self.device.type == "cpu":
+            parts = np.zeros((2, n, n), next(iter(arrays.values())).dtype)
+            for m in members:
+                rows = _rows(arrays[m.key], n) if m.axis == 0 else _cols(arrays[m.key], n).transpose(1, 0, 2)
+                syrk_upper(parts[m.axis], np.ascontiguousarray(rows.reshape(n, -1)), 1.0, rows=True)
+            return parts
+        parts_t = torch.zeros(2, n, n, dtype=self.dtype, device=self.device)
+        for m in members:
+            w = self.weights[m.key].to(self.device)
             rows = w.reshape(n, -1) if m.axis == 0 else w.reshape(w.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
-            if on_cpu:
-                rows = rows.numpy()
-                parts[m.axis] += torch.from_numpy(rows @ rows.T)
-            else:
-                parts[m.axis] += gram_matrix(rows)
-        return parts.cpu().numpy()
+            parts_t[m.axis] += gram_matrix(rows)
+        return parts_t.cpu().numpy()
 
     def distances(self, gi: int) -> Tensor:
         """Eq. 6 distances between the group's live channels, in the official channel order (rounding-
@@ -229,7 +233,7 @@ class IterativeMerger:
         i, j = np.indices(dist.shape)
         dist = gram.snap(dist, i, j)
         np.fill_diagonal(dist, 0.0)
-        order = [st.slot2pos[s] for s in st.official]
+        order = st.slot_pos[st.official]
         return torch.from_numpy(dist[np.ix_(order, order)])
 
     # ----------------------------------------------------------------------------- merging
@@ -240,7 +244,7 @@ class IterativeMerger:
             a, b = b, a
         na, nb = st.counts[a], st.counts[b]
         wa, wb = na / (na + nb), nb / (na + nb)
-        for link in self.links[gi]:
+        for link in self.links[gi]:  # at the other group's live slots only
             self._update_linked_gram(link, a, b, wa, wb)
         for rows in st.row_views:  # dead slots keep stale values: nothing reads them again
             rows[a] += rows[b]
@@ -258,25 +262,13 @@ class IterativeMerger:
         st.dirty = True
 
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
-        """Rank-2k update of the other group's Gram matrix for a merge of own channels ``a``, ``b``.
-
-        With ``A``, ``B`` the two slices (one row per channel of the other group): summed rows
-        (axis 0) give ``dG = A B^T + B A^T``; a count-weighted mean of columns
-        (axis 1) gives ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B``, which equals ``-X X^T`` with
-        ``X = [wb A + wa B, sqrt(2 wa wb) (A - B)]``.
-        """
+        """Merge own channels ``a``, ``b`` in a tensor shared with another group, and update that
+        group's Gram matrix by rank 2k. With slices ``A``, ``B`` (one row per channel of the other
+        group): summed rows (axis 0) change it by ``A B^T + B A^T``, a count-weighted mean of columns
+        (axis 1) by ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B`` (see
+        :func:`ifm.kernels.merge_linked`)."""
         other = self.states[link.other]
-        first, second = link.slices[a], link.slices[b]  # over all of the other group's slots
-        if link.axis == 0:  # A B^T + B A^T = (P P^T - Q Q^T) / 2 with P = A + B, Q = A - B
-            u = np.concatenate([first + second, first - second], 1)
-            u *= math.sqrt(0.5)
-        else:
-            spread = first - second
-            u = np.concatenate([second + wb * spread, math.sqrt(2.0 * wa * wb) * spread], 1)
-        order = other.positions()
-        if order is not None:
-            u = u.take(order, 0)
-        other.gram.add_product(u, link.signs, part=1 - link.axis)
+        other.gram.merge_linked(link.slices, a, b, wa, wb, link.axis == 1, other.slot_pos)
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
@@ -334,13 +326,13 @@ class IterativeMerger:
 
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
-        current = dict(self.weights)
+        current = {key: w.numpy() for key, w in self.weights.items()}  # gathered in NumPy (no thread pool)
         for st in self.states:  # 1-D rows were merged in their stacked copy
-            current.update({key: torch.from_numpy(st.vectors[:, c]) for c, key in enumerate(st.vector_keys)})
-        keep = {st.group.name: torch.tensor(st.official_slots()) for st in self.states}
-        gathered = select_channels(current, self.groups, keep)  # new tensors for every member
-        return {key: gathered[key].to(source.device, source.dtype) if key in gathered else source.clone()
-                for key, source in self.source.items()}
+            current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
+        keep = {st.group.name: np.array(st.official_slots()) for st in self.states}
+        gathered = select_channels(current, self.groups, keep)  # new arrays for every member
+        return {key: torch.from_numpy(gathered[key]).to(source.device, source.dtype) if key in gathered
+                else source.clone() for key, source in self.source.items()}
 
 
 def default_device() -> torch.device:

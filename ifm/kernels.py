@@ -1,0 +1,293 @@
+"""Compiled (Numba) loops of the merge bookkeeping in :mod:`ifm.gram`.
+
+A merge changes O(n·k) numbers spread over a dozen arrays; done as NumPy calls that is a few dozen
+calls of a few microseconds each, which dominated the whole run. Each function here does one step
+of a merge in one call. They are plain loops over the same float operations as the NumPy
+expressions they replace (no fast-math: no reassociation, no fused multiply-adds), compiled on first
+use and cached on disk.
+
+Conventions shared with :class:`ifm.gram.GroupGram`:
+
+* ``parts[q]`` (``q`` = 0: rows part, 1: columns part) is symmetric, and only its upper triangle
+  (``[i, j]`` with ``i <= j``) is kept up to date: :func:`upper` reads it.
+* Pending products ``U diag(sign) U^T`` are stored as rows of ``basis`` (``basis[c, p]`` = ``U[p, c]``)
+  in three regions: the rows part's (sign -1) in ``[0, r0)``, the columns part's sign +1 half in
+  ``[cap, cap + rp)`` and its sign -1 half in ``[cap + half, cap + half + rp)``.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def upper(parts, q, i, j):
+    """``parts[q][i, j]`` of a symmetric matrix whose upper triangle is kept."""
+    if i <= j:
+        return parts[q, i, j]
+    return parts[q, j, i]
+
+
+@_jit
+def region(which, r0, rp, cap, half):
+    """Pending rows ``lo .. hi`` of region ``which`` (0, 1, 2), their sign, and whether the rows part
+    (``True``: merging sums them) or the columns part (count-weighted) holds them."""
+    if which == 0:
+        return 0, r0, -1.0, True
+    if which == 1:
+        return cap, cap + rp, 1.0, False
+    return cap + half, cap + half + rp, -1.0, False
+
+
+@_jit
+def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, second_row,
+                 diag, moved, pair_i, pair_j, pair_d, n_pairs):
+    """A neighbour merges its channels ``a`` and ``b`` (weights ``wa``, ``wb``) in a tensor that this
+    group indexes too: merge their slices in place at this group's live slots, write the change of
+    this group's Gram matrix, ``u diag(sign) u^T``, into ``dest``: the first ``k`` columns of ``u``
+    (sign +1 for summed rows, -1 for averaged columns) as rows ``first_row ..`` and the last ``k``
+    (sign -1) as rows ``second_row ..`` (``dest[row + c, p] = u[p, c]``); and update ``diag``,
+    ``moved`` and the candidates' distances by it. Returns ``max |u_p|^2``.
+
+    ``slices[c]``: the neighbour's channel ``c`` slice (one row per slot of this group).
+    ``slot_pos[s]``: the position of slot ``s`` (-1: dead; its values are left as they are).
+    Summed rows (``mean`` false): ``A B^T + B A^T = (P P^T - Q Q^T) / 2``, ``u = [P, Q] / sqrt 2``
+    with ``P = A + B``, ``Q = A - B``. Count-weighted columns (``mean`` true): ``N N^T - A A^T - B B^T
+    = -X X^T`` with ``X = [B + wb (A - B), sqrt(2 wa wb) (A - B)]``.
+    """
+    k = slices.shape[2]
+    half = math.sqrt(0.5)
+    spread_scale = math.sqrt(2.0 * wa * wb)
+    first_sign = -1.0 if mean else 1.0
+    u = np.empty((width, 2 * k), dest.dtype)  # compact: the pairs below read it at random rows
+    if mean:  # column slices are strided: a loop of loads only keeps many cache misses in flight
+        xs = np.empty((width, k), dest.dtype)
+        ys = np.empty((width, k), dest.dtype)
+        for s in range(slot_pos.shape[0]):
+            p = slot_pos[s]
+            if p >= 0:
+                for c in range(k):
+                    xs[p, c] = slices[a, s, c]
+                    ys[p, c] = slices[b, s, c]
+    largest = 0.0
+    for s in range(slot_pos.shape[0]):  # slots in memory order
+        p = slot_pos[s]
+        if p < 0:
+            continue
+        first_sq = 0.0  # |first half of u_p|^2 and |second half|^2
+        second_sq = 0.0
+        if mean:  # (two loops: no branch inside)
+            for c in range(k):
+                x = xs[p, c]
+                y = ys[p, c]
+                spread = x - y
+                first = y + wb * spread
+                second = spread_scale * spread
+                u[p, c] = first
+                u[p, k + c] = second
+                first_sq += first * first
+                second_sq += second * second
+                slices[a, s, c] = x + wb * (y - x)  # the merge (the unlinked weights' expression)
+        else:
+            for c in range(k):
+                x = slices[a, s, c]
+                y = slices[b, s, c]
+                first = (x + y) * half
+                second = (x - y) * half
+                u[p, c] = first
+                u[p, k + c] = second
+                first_sq += first * first
+                second_sq += second * second
+                slices[a, s, c] = x + y  # the merge
+        diag[p] += first_sign * first_sq - second_sq
+        norm = first_sq + second_sq
+        moved[p] += norm
+        if norm > largest:
+            largest = norm
+    for c in range(k):
+        for p in range(width):
+            dest[first_row + c, p] = u[p, c]
+        for p in range(width):
+            dest[second_row + c, p] = u[p, k + c]
+    for t in range(n_pairs):  # D_ij changes by (u_i - u_j) diag(sign) (u_i - u_j)^T
+        i = pair_i[t]
+        j = pair_j[t]
+        first_change = 0.0
+        second_change = 0.0
+        for c in range(k):
+            delta = u[i, c] - u[j, c]
+            first_change += delta * delta
+            delta = u[i, c + k] - u[j, c + k]
+            second_change += delta * delta
+        pair_d[t] += first_sign * first_change - second_change
+    return largest
+
+
+@_jit
+def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, width):
+    """Position ``a`` becomes the merge of positions ``a`` and ``b`` of a ``width``-channel Gram
+    matrix: rows part summed, columns part ``wa·a + wb·b``, pending products likewise; then the last
+    position moves into ``b``."""
+    rows = np.empty(width, parts.dtype)
+    cols = np.empty(width, parts.dtype)
+    for p in range(width):
+        rows[p] = upper(parts, 0, a, p) + upper(parts, 0, b, p)
+        cols[p] = wa * upper(parts, 1, a, p) + wb * upper(parts, 1, b, p)
+    rows[a] += rows[b]
+    cols[a] = wa * cols[a] + wb * cols[b]
+    for p in range(width):
+        parts[0, a, p] = rows[p]
+        parts[0, p, a] = rows[p]
+        parts[1, a, p] = cols[p]
+        parts[1, p, a] = cols[p]
+    pending = 0.0
+    for which in range(3):
+        lo, hi, sign, summed = region(which, r0, rp, cap, half)
+        for c in range(lo, hi):
+            if summed:
+                basis[c, a] += basis[c, b]
+            else:
+                basis[c, a] = basis[c, a] * wa + wb * basis[c, b]
+            pending += sign * (basis[c, a] * basis[c, a])
+    diag[a] = rows[a] + cols[a] + pending
+    moved[a] = 0.0
+    last = width - 1
+    if b != last:
+        for q in range(2):
+            for p in range(last):
+                if p != b:
+                    value = upper(parts, q, last, p)
+                    parts[q, b, p] = value
+                    parts[q, p, b] = value
+            parts[q, b, b] = parts[q, last, last]
+        for which in range(3):
+            lo, hi, sign, summed = region(which, r0, rp, cap, half)
+            for c in range(lo, hi):
+                basis[c, b] = basis[c, last]
+        diag[b] = diag[last]
+        moved[b] = moved[last]
+
+
+@_jit
+def gram_row(parts, basis, r0, rp, cap, half, m, width):
+    """Row ``m`` of ``G`` over positions ``0 .. width``: both parts plus the pending products."""
+    g = np.empty(width, parts.dtype)
+    for p in range(width):
+        g[p] = upper(parts, 0, m, p) + upper(parts, 1, m, p)
+    for which in range(3):
+        lo, hi, sign, summed = region(which, r0, rp, cap, half)
+        for c in range(lo, hi):
+            coef = basis[c, m] * sign
+            for p in range(width):
+                g[p] += coef * basis[c, p]
+    return g
+
+
+@_jit
+def upper_distances(parts, width, diag, out):
+    """Eq. 6 distances ``G_ii + (G_jj - 2 G_ij)`` of all pairs ``i < j`` in row-major order into
+    ``out`` (``diag`` is first set from the parts). Returns the farthest pair and its distance."""
+    for p in range(width):
+        diag[p] = parts[0, p, p] + parts[1, p, p]
+    t = 0
+    far_i, far_j, far_d = 0, 1, -math.inf
+    for i in range(width):
+        for j in range(i + 1, width):
+            d = (-2.0 * (parts[0, i, j] + parts[1, i, j]) + diag[j]) + diag[i]
+            out[t] = d
+            if d > far_d:
+                far_i, far_j, far_d = i, j, d
+            t += 1
+    return far_i, far_j, far_d
+
+
+@_jit
+def pairs_below(distances, width, threshold, pair_i, pair_j, pair_d):
+    """The pairs ``i < j`` (row-major ``distances`` as from :func:`upper_distances`) closer than
+    ``threshold``, into the pair arrays. Returns their number."""
+    t = 0
+    kept = 0
+    for i in range(width):
+        for j in range(i + 1, width):
+            if distances[t] < threshold:
+                pair_i[kept] = i
+                pair_j[kept] = j
+                pair_d[kept] = distances[t]
+                kept += 1
+            t += 1
+    return kept
+
+
+@_jit
+def replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag, threshold):
+    """After a merge of positions ``a`` and ``b`` (the last position, ``len(gram_row)``, moved into
+    ``b``; the merged channel sits at ``m``): drop the pairs of ``a`` and ``b``, rename the moved
+    position, and add the merged channel's pairs closer than ``threshold`` and its farthest pair.
+    ``gram_row``: row ``m`` of ``G`` (overwritten with ``m``'s Eq. 6 distances).
+    Returns the new number of pairs and the farthest distance."""
+    width = gram_row.shape[0]
+    last = width
+    kept = 0
+    for t in range(n_pairs):
+        i = pair_i[t]
+        j = pair_j[t]
+        if i == a or j == a or i == b or j == b:
+            continue
+        if i == last:
+            i = b
+        if j == last:
+            j = b
+        pair_i[kept] = i
+        pair_j[kept] = j
+        pair_d[kept] = pair_d[t]
+        kept += 1
+    far = 0
+    for p in range(width):
+        gram_row[p] = diag[m] + (diag[p] - 2.0 * gram_row[p])
+    gram_row[m] = 0.0
+    for p in range(width):
+        if gram_row[p] > gram_row[far]:
+            far = p
+    for p in range(width):
+        if p != m and gram_row[p] < threshold:
+            pair_i[kept] = m
+            pair_j[kept] = p
+            pair_d[kept] = gram_row[p]
+            kept += 1
+    if far != m:
+        pair_i[kept] = m
+        pair_j[kept] = far
+        pair_d[kept] = gram_row[far]
+        kept += 1
+    return kept, gram_row[far]
+
+
+@_jit
+def candidate_summary(pair_d, n_pairs, diag, moved, width):
+    """``(min, max)`` of the candidates' distances, ``max diag[:width]`` and the sum of the two
+    largest ``moved[:width]`` (all of them when fewer)."""
+    d_min = math.inf
+    d_max = -math.inf
+    for t in range(n_pairs):
+        d = pair_d[t]
+        if d < d_min:
+            d_min = d
+        if d > d_max:
+            d_max = d
+    diag_max = -math.inf
+    first = 0.0
+    second = 0.0
+    for p in range(width):
+        if diag[p] > diag_max:
+            diag_max = diag[p]
+        x = moved[p]
+        if x > first:
+            second = first
+            first = x
+        elif x > second:
+            second = x
+    return d_min, d_max, diag_max, first + second
