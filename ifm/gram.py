@@ -189,7 +189,7 @@ class GroupGram:
         w = self.width
         self.scans += 1
         out, (far_i, far_j, far_d) = self._upper_distances()
-        keep = self.candidates_per_channel * w
+        keep = int(self.candidates_per_channel * w)
         if all_pairs or keep >= len(out):
             self.threshold = math.inf
         elif len(out) > 8 * SAMPLE:  # the threshold from a sample: much cheaper
@@ -244,16 +244,10 @@ class GroupGram:
         ``wa·a + wb·b``); position ``b`` is removed (the last position moves into it). The candidates
         lose the pairs of ``a`` and ``b`` and gain the merged channel's pairs closer than
         ``threshold`` (and its farthest pair)."""
-        kernels.merge_positions(self.parts, self.basis, *self._pending, self.diag, self.moved, a, b, wa, wb,
-                                self.width)
-        last = self.width = self.width - 1
-        if last < 2:
-            self.n_pairs = 0
-            return
-        m = b if a == last else a
-        if self.n_pairs + last + 1 > len(self.pair_i):
+        if self.n_pairs + self.width > len(self.pair_i):
             self._grow_candidates()
-        row = kernels.gram_row(self.parts, self.basis, *self._pending, m, last)
-        self.n_pairs, farthest = kernels.replace_candidates(self.pair_i, self.pair_j, self.pair_d, self.n_pairs,
-                                                            a, b, m, row, self.diag, self.threshold)
+        self.n_pairs, farthest = kernels.merge_positions(
+            self.parts, self.basis, *self._pending, self.diag, self.moved, a, b, wa, wb, self.width,
+            self.pair_i, self.pair_j, self.pair_d, self.n_pairs, self.threshold)
+        self.width -= 1
         self.max_bound = max(self.max_bound, farthest)

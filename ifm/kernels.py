@@ -128,10 +128,13 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
 
 
 @_jit
-def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, width):
+def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, width,
+                    pair_i, pair_j, pair_d, n_pairs, threshold):
     """Position ``a`` becomes the merge of positions ``a`` and ``b`` of a ``width``-channel Gram
     matrix: rows part summed, columns part ``wa·a + wb·b``, pending products likewise; then the last
-    position moves into ``b``."""
+    position moves into ``b``, and the candidates are updated (:func:`replace_candidates`, which
+    needs room for ``width`` more pairs). Returns the new number of candidate pairs and the merged
+    channel's farthest distance."""
     rows = np.empty(width, parts.dtype)
     cols = np.empty(width, parts.dtype)
     for p in range(width):
@@ -170,21 +173,20 @@ def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, 
                 basis[c, b] = basis[c, last]
         diag[b] = diag[last]
         moved[b] = moved[last]
-
-
-@_jit
-def gram_row(parts, basis, r0, rp, cap, half, m, width):
-    """Row ``m`` of ``G`` over positions ``0 .. width``: both parts plus the pending products."""
-    g = np.empty(width, parts.dtype)
-    for p in range(width):
-        g[p] = upper(parts, 0, m, p) + upper(parts, 1, m, p)
-    for which in range(3):
+    if last < 2:
+        return 0, 0.0
+    m = b if a == last else a  # the merged channel's position
+    gram_row = np.empty(last, parts.dtype)  # row m of G: the merged parts' row (old indices) ...
+    for p in range(last):
+        old = a if p == m else (last if p == b else p)
+        gram_row[p] = rows[old] + cols[old]
+    for which in range(3):  # ... plus the pending products
         lo, hi, sign, summed = region(which, r0, rp, cap, half)
         for c in range(lo, hi):
             coef = basis[c, m] * sign
-            for p in range(width):
-                g[p] += coef * basis[c, p]
-    return g
+            for p in range(last):
+                gram_row[p] += coef * basis[c, p]
+    return replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag, threshold)
 
 
 @_jit

@@ -180,9 +180,10 @@ class IterativeMerger:
         self.source = state_dict
         self.groups = list(groups)
         member_keys = {m.key for g in self.groups for m in g.members}
-        # merged in place on the CPU, through NumPy views of the same memory
-        self.weights = {k: state_dict[k].detach().to("cpu", dtype, copy=True).contiguous() for k in member_keys}
-        arrays = {k: w.numpy() for k, w in self.weights.items()}
+        # Merged in place on the CPU, as NumPy arrays (and tensor views of them); made by NumPy, which
+        # needs no thread pool (PyTorch's threads would spin against the BLAS threads).
+        arrays = {k: np.array(state_dict[k].detach().cpu().numpy(), _numpy_dtype(dtype)) for k in member_keys}
+        self.weights = {k: torch.from_numpy(a) for k, a in arrays.items()}
         owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         linked: list[set[tuple[str, int]]] = [set() for _ in self.groups]  # members merged by a link
@@ -331,8 +332,19 @@ class IterativeMerger:
             current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
         keep = {st.group.name: np.array(st.official_slots()) for st in self.states}
         gathered = select_channels(current, self.groups, keep)  # new arrays for every member
-        return {key: torch.from_numpy(gathered[key]).to(source.device, source.dtype) if key in gathered
-                else source.clone() for key, source in self.source.items()}
+        out = {}
+        for key, source in self.source.items():
+            if key not in gathered:
+                out[key] = source.clone()
+            elif source.dtype.is_floating_point:  # cast by NumPy (as above)
+                out[key] = torch.from_numpy(gathered[key].astype(_numpy_dtype(source.dtype))).to(source.device)
+            else:
+                out[key] = torch.from_numpy(gathered[key]).to(source.device, source.dtype)
+        return out
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def default_device() -> torch.device:
