@@ -36,7 +36,7 @@ from .blas import syrk_upper
 Tensor = torch.Tensor
 
 #: Pending low-rank products gather up to this rank per part before they are added to it.
-PENDING_RANK = 256
+PENDING_RANK = 128
 #: A full pass keeps about this many candidate pairs per channel (the closest pairs of the group).
 CANDIDATES_PER_CHANNEL = 2
 #: Groups of more than 16x this many distances pick the candidates' threshold from this many of them.

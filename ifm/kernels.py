@@ -293,3 +293,13 @@ def candidate_summary(pair_d, n_pairs, diag, moved, width):
         elif x > second:
             second = x
     return d_min, d_max, diag_max, first + second
+
+
+@_jit
+def gather_channels(source, rows, cols, out):
+    """``out[i, j] = source[rows[i], cols[j]]`` over ``(rows, cols, block)`` arrays, cast to ``out``'s
+    dtype: one tensor's kept channels, in order, along both of its grouped axes at once."""
+    for i in range(rows.shape[0]):
+        for j in range(cols.shape[0]):
+            for c in range(source.shape[2]):
+                out[i, j, c] = source[rows[i], cols[j], c]

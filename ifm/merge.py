@@ -17,7 +17,6 @@ the group's closest pairs). Here:
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
@@ -25,10 +24,10 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import kernels
 from .blas import syrk_upper
 from .gram import GroupGram, gram_matrix
 from .groups import ChannelGroup
-from .permute import select_channels
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
@@ -327,19 +326,31 @@ class IterativeMerger:
 
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
-        current = {key: w.numpy() for key, w in self.weights.items()}  # gathered in NumPy (no thread pool)
+        current = {key: w.numpy() for key, w in self.weights.items()}
         for st in self.states:  # 1-D rows were merged in their stacked copy
             current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
-        keep = {st.group.name: np.array(st.official_slots()) for st in self.states}
-        gathered = select_channels(current, self.groups, keep)  # new arrays for every member
+        keep = {}  # (key, axis) -> (group width, kept slots in official order)
+        for st in self.states:
+            slots = np.array(st.official_slots(), np.int64)
+            keep.update({(m.key, m.axis): (st.n0, slots) for m in st.group.members})
         out = {}
         for key, source in self.source.items():
-            if key not in gathered:
+            if key not in current:
                 out[key] = source.clone()
-            elif source.dtype.is_floating_point:  # cast by NumPy (as above)
-                out[key] = torch.from_numpy(gathered[key].astype(_numpy_dtype(source.dtype))).to(source.device)
-            else:
-                out[key] = torch.from_numpy(gathered[key]).to(source.device, source.dtype)
+                continue
+            w = current[key]
+            n_rows, rows = keep.get((key, 0), (w.shape[0], None))
+            n_cols, cols = keep.get((key, 1), (1, None))
+            rows = np.arange(n_rows) if rows is None else rows
+            cols = np.arange(n_cols) if cols is None else cols
+            grid = w.reshape(n_rows, n_cols, -1)
+            dtype = _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
+            gathered = np.empty((len(rows), len(cols), grid.shape[2]), dtype)
+            kernels.gather_channels(grid, rows, cols, gathered)
+            shape = (len(rows), *source.shape[1:])
+            if (key, 1) in keep:
+                shape = (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
+            out[key] = torch.from_numpy(gathered.reshape(shape)).to(source.device, source.dtype)
         return out
 
 
