@@ -15,10 +15,13 @@ channels (*positions* ``0..width-1``; when a channel dies the last position move
 The closest pair is found among *candidate pairs* whose distances are kept exact: each product
 changes a candidate's distance by ``(u_i - u_j) diag(±1) (u_i - u_j)^T`` (O(k) per pair) and an own
 merge recomputes the merged channel's row. Every other pair is provably farther: a full pass makes
-the closest pairs candidates (``threshold``: every other pair is at least that far apart), and each
-product moves ``D_ij`` by at most ``2 |u_i|^2 + 2 |u_j|^2`` (accumulated per channel in ``moved``;
-a merged channel starts again from 0). While the closest candidate stays below that bound no full
-pass is needed; otherwise (and at the first look) one is made. Eq. 9 declines need only bounds.
+the closest pairs candidates (``threshold``: every other pair is at least that far apart), and a
+product lowers ``D_ij`` by at most ``2 |u-_i|^2 + 2 |u-_j|^2``, with ``u-`` its sign -1 columns
+(accumulated per channel in ``moved``; a merged channel starts again from 0). For a neighbour's
+summed rows these are ``(A - B) / sqrt 2``: small, since the neighbour merged two close channels.
+While the closest candidate stays below that bound no full pass is needed; otherwise (and at the
+first look) one is made. Likewise ``max_bound`` grows only by the sign +1 columns. Eq. 9 declines
+need only bounds.
 
 The bookkeeping runs on the CPU, each step of a merge in one compiled loop (:mod:`ifm.kernels`).
 """
@@ -101,7 +104,7 @@ class GroupGram:
         self.pair_i = self.pair_j = np.zeros(0, np.int64)  # ... these
         self.pair_d = np.zeros(0, parts.dtype)
         self.threshold = -math.inf  # at the last full pass, every other pair was this far apart ...
-        self.moved = np.zeros(n, parts.dtype)  # ... and since, D_ij moved by <= 2 (moved_i + moved_j)
+        self.moved = np.zeros(n, parts.dtype)  # ... and since, D_ij fell by <= 2 (moved_i + moved_j)
         self.max_bound = math.inf  # no distance exceeds this
         self.scans = 0
 
@@ -137,7 +140,7 @@ class GroupGram:
     def _merge_linked(self, dest, first_row, second_row, slices, a, b, wa, wb, mean, slot_pos) -> None:
         largest = kernels.merge_linked(slices, a, b, wa, wb, mean, slot_pos, self.width, dest, first_row, second_row,
                                        self.diag, self.moved, self.pair_i, self.pair_j, self.pair_d, self.n_pairs)
-        self.max_bound += 4.0 * largest  # |dD_ij| <= |u_i - u_j|^2 <= 2 |u_i|^2 + 2 |u_j|^2
+        self.max_bound += 4.0 * largest  # dD_ij <= |u+_i - u+_j|^2 <= 2 |u+_i|^2 + 2 |u+_j|^2
 
     def flush(self) -> None:
         """Add the pending products to the parts (``G`` itself does not change)."""

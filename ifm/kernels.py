@@ -51,7 +51,8 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
     this group's Gram matrix, ``u diag(sign) u^T``, into ``dest``: the first ``k`` columns of ``u``
     (sign +1 for summed rows, -1 for averaged columns) as rows ``first_row ..`` and the last ``k``
     (sign -1) as rows ``second_row ..`` (``dest[row + c, p] = u[p, c]``); and update ``diag``,
-    ``moved`` and the candidates' distances by it. Returns ``max |u_p|^2``.
+    ``moved`` (by the squares of ``u_p``'s sign -1 columns) and the candidates' distances by it.
+    Returns the largest square sum of a ``u_p``'s sign +1 columns.
 
     ``slices[c]``: the neighbour's channel ``c`` slice (one row per slot of this group).
     ``slot_pos[s]``: the position of slot ``s`` (-1: dead; its values are left as they are).
@@ -104,10 +105,12 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
                 second_sq += second * second
                 slices[a, s, c] = x + y  # the merge
         diag[p] += first_sign * first_sq - second_sq
-        norm = first_sq + second_sq
-        moved[p] += norm
-        if norm > largest:
-            largest = norm
+        # D_pq changes by sum_c sign_c (u_pc - u_qc)^2: the sign -1 columns can lower it by at most
+        # 2 (|u_p-|^2 + |u_q-|^2), the sign +1 columns raise it by at most 2 (|u_p+|^2 + |u_q+|^2)
+        moved[p] += (first_sq + second_sq) if mean else second_sq
+        rise = 0.0 if mean else first_sq
+        if rise > largest:
+            largest = rise
     for c in range(k):
         for p in range(width):
             dest[first_row + c, p] = u[p, c]
