@@ -209,34 +209,23 @@ class GroupGram:
         self.max_bound = max(far_d, 0.0)
 
     def closest(self, beta: float) -> Closest | None:
-        """The closest pair(s), or enough to know that Eq. 9 (``d_min > β·d_max``) stops the group."""
+        """The closest pair(s), or enough to know that Eq. 9 (``d_min > β·d_max``) stops the group
+        (:func:`ifm.kernels.closest_pairs`)."""
         if self.width < 2:
             return None
         fresh = self.always_scan or not self.n_pairs
         if fresh:
             self.scan()
         while True:
-            n = self.n_pairs
-            d_min, d_max, diag_max, top_moved = kernels.candidate_summary(self.pair_d, n, self.diag, self.moved,
-                                                                          self.width)
-            i, j, d = self.pair_i[:n], self.pair_j[:n], self.pair_d[:n]
-            tie_level = self.tie * 2.0 * diag_max
-            snapped = d_min <= tie_level
-            if snapped:  # rounding-level distances are exact ties at 0
-                d = self.snap(d, i, j)
-                d_min, d_max = float(d.min()), float(d.max())
-            limit = d_min if snapped else d_min * (1.0 + self.relative_tie)
-            # every pair that is not a candidate is at least this far apart
-            lower = math.inf if self.threshold == math.inf else self.threshold - 2.0 * top_moved
-            if min(d_min, lower) > beta * self.max_bound:  # Eq. 9 stops, whichever pair is closest
-                return Closest(min(d_min, lower), [])
-            if max(limit, tie_level) + tie_level < lower:  # no other pair is as close
-                known_max = max(d_max, 0.0)  # a real pair's distance (D_ii = 0 counts)
-                if d_min <= beta * known_max:
-                    hits = np.flatnonzero(d <= limit)
-                    return Closest(d_min, list(zip(i[hits].tolist(), j[hits].tolist())))
-                if self.threshold == math.inf:  # all pairs are candidates: known_max is exact
-                    return Closest(d_min, [])
+            hits = np.empty(self.n_pairs, np.int64)
+            verdict, d_min, found = kernels.closest_pairs(
+                self.pair_i, self.pair_j, self.pair_d, self.n_pairs, self.diag, self.moved, self.width,
+                self.threshold, self.max_bound, beta, self.tie, self.relative_tie, hits)
+            if verdict == kernels.MERGE:
+                hits = hits[:found]
+                return Closest(d_min, list(zip(self.pair_i[hits].tolist(), self.pair_j[hits].tolist())))
+            if verdict == kernels.STOP:
+                return Closest(d_min, [])
             # A full pass; if even its closest pairs cannot settle it (massive ties): all pairs.
             self.scan(all_pairs=fresh)
             fresh = True

@@ -271,18 +271,21 @@ def replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag,
     return kept, gram_row[far]
 
 
+#: :func:`closest_pairs` verdicts
+MERGE, STOP, RESCAN = 0, 1, 2
+
+
 @_jit
-def candidate_summary(pair_d, n_pairs, diag, moved, width):
-    """``(min, max)`` of the candidates' distances, ``max diag[:width]`` and the sum of the two
-    largest ``moved[:width]`` (all of them when fewer)."""
-    d_min = math.inf
-    d_max = -math.inf
-    for t in range(n_pairs):
-        d = pair_d[t]
-        if d < d_min:
-            d_min = d
-        if d > d_max:
-            d_max = d
+def closest_pairs(pair_i, pair_j, pair_d, n_pairs, diag, moved, width, threshold, max_bound, beta, tie,
+                  relative_tie, hits):
+    """Eq. 9 on a group's candidates: ``(MERGE, d_min, number of hits)`` with the indices of the
+    candidates tied at the smallest distance in ``hits``; ``(STOP, a lower bound on the smallest
+    distance, 0)``; or ``(RESCAN, 0, 0)`` when the bounds cannot settle it.
+
+    Distances at the Gram identity's rounding level (``d <= tie (G_ii + G_jj)``, once any candidate
+    is within ``2 tie max G_ii``) count as exact 0; otherwise distances within ``relative_tie`` of
+    the smallest are tied. Every non-candidate pair is at least ``threshold - 2 (the two largest
+    moved)`` apart, and none farther than ``max_bound``."""
     diag_max = -math.inf
     first = 0.0
     second = 0.0
@@ -295,7 +298,40 @@ def candidate_summary(pair_d, n_pairs, diag, moved, width):
             first = x
         elif x > second:
             second = x
-    return d_min, d_max, diag_max, first + second
+    tie_level = tie * 2.0 * diag_max
+    d_min = math.inf
+    for t in range(n_pairs):
+        if pair_d[t] < d_min:
+            d_min = pair_d[t]
+    snapped = d_min <= tie_level
+    d_min = math.inf
+    d_max = -math.inf
+    for t in range(n_pairs):
+        d = pair_d[t]
+        if snapped and d <= tie * (diag[pair_i[t]] + diag[pair_j[t]]):
+            d = 0.0
+        if d < d_min:
+            d_min = d
+        if d > d_max:
+            d_max = d
+    limit = d_min if snapped else d_min * (1.0 + relative_tie)
+    lower = math.inf if threshold == math.inf else threshold - 2.0 * (first + second)
+    if min(d_min, lower) > beta * max_bound:  # Eq. 9 stops, whichever pair is closest
+        return STOP, min(d_min, lower), 0
+    if max(limit, tie_level) + tie_level < lower:  # no other pair is as close
+        if d_min <= beta * max(d_max, 0.0):  # (d_max: a real pair's distance; D_ii = 0 counts)
+            found = 0
+            for t in range(n_pairs):
+                d = pair_d[t]
+                if snapped and d <= tie * (diag[pair_i[t]] + diag[pair_j[t]]):
+                    d = 0.0
+                if d <= limit:
+                    hits[found] = t
+                    found += 1
+            return MERGE, d_min, found
+        if threshold == math.inf:  # all pairs are candidates: d_max is exact
+            return STOP, d_min, 0
+    return RESCAN, 0.0, 0
 
 
 @_jit

@@ -1,6 +1,7 @@
 """IFM merging: exact agreement with the naive official algorithm, function preservation, edge cases."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -180,6 +181,40 @@ def test_candidates_and_pending_products_match_full_passes(order, pending_rank, 
         assert s.distance == pytest.approx(t.distance, rel=1e-9, abs=1e-12)
     _, widths, log = naive_ifm(sd, [(g.name, g.width, g.members) for g in groups], 0.3, 1.0, order)
     assert [step(s) for s in fast.merge_log] == _naive_log(log) and fast.widths == widths
+
+
+@pytest.mark.parametrize("beta", [0.2, 0.3])
+def test_candidate_distances_and_bounds_hold_for_every_pair(beta, monkeypatch):
+    """After a run (products pending, candidates aged by many merges), each group's bookkeeping still
+    holds against its exact distances: candidates' distances are exact, every other pair is at least
+    ``threshold - 2 (two largest moved)`` apart, and no pair is farther than ``max_bound``."""
+    arch, sd, groups = _weights_with_duplicates("VGG11")
+    monkeypatch.setattr(GroupGram, "pending_rank", 40)
+    merger = IterativeMerger(sd, groups)
+    assert merger.run(beta=beta).n_merges > 20
+    checked = 0
+    for st in merger.states:
+        gram = st.gram
+        w, n = gram.width, gram.n_pairs
+        if w < 3 or n == 0:
+            continue
+        moved = np.sort(gram.moved[:w])[-2:].sum()
+        threshold, max_bound = gram.threshold, gram.max_bound
+        pairs = list(zip(gram.pair_i[:n].tolist(), gram.pair_j[:n].tolist()))
+        stored = gram.pair_d[:n].copy()
+        exact = gram.distance_matrix()  # (adds the pending products to the parts: G is unchanged)
+        scale = float(np.abs(exact).max())
+        for (i, j), d in zip(pairs, stored):
+            assert d == pytest.approx(exact[i, j], rel=1e-9, abs=1e-12 * scale)
+        others = np.ones((w, w), bool)
+        np.fill_diagonal(others, False)
+        for i, j in pairs:
+            others[i, j] = others[j, i] = False
+        if others.any():  # (none when every pair is a candidate)
+            assert exact[others].min() >= threshold - 2.0 * moved - 1e-9 * scale
+        assert exact.max() <= max_bound + 1e-9 * scale
+        checked += 1
+    assert checked >= 3
 
 
 @pytest.mark.parametrize("order", ["official", "layerwise"])
