@@ -72,12 +72,13 @@ MISSING_CIFAR = ("no CIFAR-10 found under {root}: pass --data_root pointing at a
 
 
 def load_cifar10(root: str | os.PathLike, split: str = "test", download: bool = False,
-                 cache_dir: str | os.PathLike | None = None) -> TensorImages:
+                 cache_dir: str | os.PathLike | None = None, progress: bool = True) -> TensorImages:
     """CIFAR-10 ``split`` ('train' or 'test') from ``root``.
 
     ``root`` may hold torchvision's ``cifar-10-batches-py`` or an ImageFolder tree (``train/``,
     ``test/``, one folder per class in CIFAR-10 label order). With ``download``, torchvision fetches
-    the dataset when it is absent; offline, that fails fast with a message.
+    the dataset when it is absent; offline, that fails fast with a message. ``progress``: a bar while
+    an ImageFolder tree is decoded (once; then it is cached).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -97,7 +98,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "test", download: bool = 
         data = torchvision.datasets.CIFAR10(str(batches.parent), train=split == "train", download=False)
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
         return TensorImages(images, torch.tensor(data.targets, dtype=torch.long), list(data.classes))
-    return load_image_folder(folder, cache_dir=cache_dir)
+    return load_image_folder(folder, cache_dir=cache_dir, progress=progress)
 
 
 def _folder_listing(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -109,7 +110,8 @@ def _folder_listing(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> TensorImages:
+def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                      progress: bool = True) -> TensorImages:
     """Decode an ImageFolder tree of equal-sized images into a uint8 tensor (cached on disk)."""
     folder = Path(folder)
     classes, files = _folder_listing(folder)
@@ -130,7 +132,8 @@ def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | 
         with Image.open(path) as img:
             return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
 
-    images = [decode(f) for f, _ in tqdm(files, desc=f"decoding {folder.name}", unit="img", leave=False)]
+    bar = tqdm(files, desc=f"decoding {folder.name}", unit="img", leave=False, disable=not progress)
+    images = [decode(f) for f, _ in bar]
     if len({tuple(i.shape) for i in images}) != 1:
         raise IFMError(f"images in {folder} differ in size; CIFAR-style folders must hold equal-sized images")
     result = TensorImages(torch.stack(images), torch.tensor([label for _, label in files]), classes)

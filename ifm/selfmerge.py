@@ -150,7 +150,8 @@ class Evaluator:
     def __init__(self, loaded: LoadedModel, args: argparse.Namespace, device: torch.device):
         self.device, self.args, self.loaded = device, args, loaded
         if loaded.arch.dataset == "cifar10":
-            test = datasets.load_cifar10(args.data_root, "test", download=args.download)
+            test = datasets.load_cifar10(args.data_root, "test", download=args.download,
+                                         progress=not args.no_progress)
             self.data = test.subset(datasets.spread_indices(len(test), args.eval_samples))
             self.total = len(self.data)
         else:
@@ -174,7 +175,8 @@ class Evaluator:
         """N training images spread over the training split (for BN recalibration)."""
         if self.loaded.arch.dataset != "cifar10":
             raise IFMError("--recalibrate_bn is implemented for CIFAR-10 models")
-        train = datasets.load_cifar10(self.args.data_root, "train", download=self.args.download)
+        train = datasets.load_cifar10(self.args.data_root, "train", download=self.args.download,
+                                      progress=not self.args.no_progress)
         subset = train.subset(datasets.spread_indices(len(train), n))
         mean, std = self.loaded.normalize or (None, None)
         return tensor_batches(subset, self.args.batch_size, self.device, mean, std)

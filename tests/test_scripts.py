@@ -116,3 +116,12 @@ def test_unreadable_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     code, _, err = _run_script("vgg_cifar10_self_merge.py", "--model_param", str(bad), "--no_eval")
     assert code == 2 and "cannot read checkpoint" in err[-1]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_cifar_decoding_bar_follows_progress(cifar_root, capsys, progress):
+    """The one-time decoding of an ImageFolder CIFAR tree shows a bar unless ``--no_progress``."""
+    from ifm.data import load_cifar10
+    data = load_cifar10(cifar_root, "test", progress=progress)
+    assert len(data) == 40
+    assert ("decoding test" in capsys.readouterr().err) == progress
