@@ -271,6 +271,14 @@ def replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag,
     return kept, gram_row[far]
 
 
+@_jit
+def _snapped(d, snapping, tie, g_ii, g_jj):
+    """``d``, or exactly 0 when snapping and ``d`` is at the Gram identity's rounding level."""
+    if snapping and d <= tie * (g_ii + g_jj):
+        return 0.0
+    return d
+
+
 #: :func:`closest_pairs` verdicts
 MERGE, STOP, RESCAN = 0, 1, 2
 
@@ -307,9 +315,7 @@ def closest_pairs(pair_i, pair_j, pair_d, n_pairs, diag, moved, width, threshold
     d_min = math.inf
     d_max = -math.inf
     for t in range(n_pairs):
-        d = pair_d[t]
-        if snapped and d <= tie * (diag[pair_i[t]] + diag[pair_j[t]]):
-            d = 0.0
+        d = _snapped(pair_d[t], snapped, tie, diag[pair_i[t]], diag[pair_j[t]])
         if d < d_min:
             d_min = d
         if d > d_max:
@@ -322,10 +328,7 @@ def closest_pairs(pair_i, pair_j, pair_d, n_pairs, diag, moved, width, threshold
         if d_min <= beta * max(d_max, 0.0):  # (d_max: a real pair's distance; D_ii = 0 counts)
             found = 0
             for t in range(n_pairs):
-                d = pair_d[t]
-                if snapped and d <= tie * (diag[pair_i[t]] + diag[pair_j[t]]):
-                    d = 0.0
-                if d <= limit:
+                if _snapped(pair_d[t], snapped, tie, diag[pair_i[t]], diag[pair_j[t]]) <= limit:
                     hits[found] = t
                     found += 1
             return MERGE, d_min, found

@@ -6,9 +6,9 @@ distances live in a :class:`~ifm.gram.GroupGram` (a Gram matrix updated by O(n) 
 group's own merges and by low-rank products for its neighbours' merges, and the exact distances of
 the group's closest pairs). Here:
 
-* the first pass (one Gram matrix per group) runs in PyTorch on ``device`` (CUDA when present); the
-  merge loop runs on the CPU, in NumPy views of the same memory, where its many small operations
-  are cheapest;
+* the first pass (one Gram matrix per group) runs on ``device``: on the CPU by BLAS ``syrk``
+  (:mod:`ifm.blas`), on CUDA in PyTorch; the merge loop runs on the CPU, each step of a merge one
+  compiled loop (:mod:`ifm.kernels`) over NumPy arrays;
 * a group whose Gram matrix did not change since it last declined declines again unexamined (one
   whose distances provably moved too little to change Eq. 9's verdict declines on its bounds);
 * the weights are merged in place in their original channel *slots* (rows summed, columns
@@ -181,8 +181,8 @@ class IterativeMerger:
         member_keys = {m.key for g in self.groups for m in g.members}
         # Merged in place on the CPU, as NumPy arrays (and tensor views of them); made by NumPy, which
         # needs no thread pool (PyTorch's threads would spin against the BLAS threads).
-        arrays = {k: np.array(state_dict[k].detach().cpu().numpy(), _numpy_dtype(dtype)) for k in member_keys}
-        self.weights = {k: torch.from_numpy(a) for k, a in arrays.items()}
+        self.arrays = arrays = {k: np.array(state_dict[k].detach().cpu().numpy(), _numpy_dtype(dtype))
+                                for k in member_keys}
         owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         linked: list[set[tuple[str, int]]] = [set() for _ in self.groups]  # members merged by a link
@@ -210,19 +210,19 @@ class IterativeMerger:
         whose worker threads would spin against the BLAS threads).
         """
         n = group.width
-        members = group.distance_members(self.weights)
-        if self.device.type == "cpu":
-            parts = np.zeros((2, n, n), next(iter(arrays.values())).dtype)
-            for m in members:
-                rows = _rows(arrays[m.key], n) if m.axis == 0 else _cols(arrays[m.key], n).transpose(1, 0, 2)
-                syrk_upper(parts[m.axis], np.ascontiguousarray(rows.reshape(n, -1)), 1.0, rows=True)
-            return parts
-        parts_t = torch.zeros(2, n, n, dtype=self.dtype, device=self.device)
-        for m in members:
-            w = self.weights[m.key].to(self.device)
-            rows = w.reshape(n, -1) if m.axis == 0 else w.reshape(w.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
-            parts_t[m.axis] += gram_matrix(rows)
-        return parts_t.cpu().numpy()
+        on_cpu = self.device.type == "cpu"
+        if on_cpu:
+            parts = np.zeros((2, n, n), _numpy_dtype(self.dtype))
+        else:
+            parts_t = torch.zeros(2, n, n, dtype=self.dtype, device=self.device)
+        for m in group.distance_members(arrays):
+            rows = _rows(arrays[m.key], n) if m.axis == 0 else _cols(arrays[m.key], n).transpose(1, 0, 2)
+            rows = np.ascontiguousarray(rows.reshape(n, -1))  # one row per channel
+            if on_cpu:
+                syrk_upper(parts[m.axis], rows, 1.0, rows=True)
+            else:
+                parts_t[m.axis] += gram_matrix(torch.from_numpy(rows).to(self.device))
+        return parts if on_cpu else parts_t.cpu().numpy()
 
     def distances(self, gi: int) -> Tensor:
         """Eq. 6 distances between the group's live channels, in the official channel order (rounding-
@@ -326,7 +326,7 @@ class IterativeMerger:
 
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
-        current = {key: w.numpy() for key, w in self.weights.items()}
+        current = dict(self.arrays)
         for st in self.states:  # 1-D rows were merged in their stacked copy
             current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
         keep = {}  # (key, axis) -> (group width, kept slots in official order)
@@ -347,9 +347,8 @@ class IterativeMerger:
             dtype = _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
             gathered = np.empty((len(rows), len(cols), grid.shape[2]), dtype)
             kernels.gather_channels(grid, rows, cols, gathered)
-            shape = (len(rows), *source.shape[1:])
-            if (key, 1) in keep:
-                shape = (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
+            shape = (len(rows), *source.shape[1:]) if (key, 1) not in keep else \
+                (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
             out[key] = torch.from_numpy(gathered.reshape(shape)).to(source.device, source.dtype)
         return out
 
