@@ -3,6 +3,10 @@
     python train_model.py --cfg cfg/vgg16_training.yml --prefix model_a
     python train_model.py --cfg cfg/vgg11_training.yml --prefix quick --data_root ../shared/data/cifar10 \\
         --set train.epochs=1 data.subset=5000 model.width=0.25
+    torchrun --nproc_per_node 4 train_model.py --cfg cfg/vgg16_training.yml --prefix ddp   # several GPUs
+
+Under torchrun the model trains with DistributedDataParallel; the config's batch size stays the global
+batch (each rank takes its share), and rank 0 evaluates and writes the run folder.
 """
 import argparse
 import sys
@@ -10,7 +14,7 @@ from pathlib import Path
 
 from ifm.config import load_config
 from ifm.errors import IFMError
-from ifm.train import train_from_config
+from ifm.train import init_distributed, train_from_config
 
 
 def main(argv=None) -> int:
@@ -25,11 +29,18 @@ def main(argv=None) -> int:
     overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
     try:
         config = load_config(args.cfg, overrides)
+        distributed = init_distributed(config.train.device)
         run_dir, history = train_from_config(config, Path(args.cfg).stem, args.prefix, args.resume,
                                              progress=not args.no_progress)
     except IFMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if distributed:
+        import torch.distributed as dist
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     last = sorted((run_dir / "params").glob("model_epoch*.pt"), key=lambda p: int(p.stem[len("model_epoch"):]))
     print(f"run directory: {run_dir}")
     if last:

@@ -46,9 +46,12 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     device: str | None = None  # default: CUDA when present
-    amp: bool = False  # mixed precision (bf16 on CPU, fp16 on CUDA)
+    amp: bool = False  # mixed precision: autocast to amp_dtype (float16 adds a gradient scaler)
+    amp_dtype: str = "bfloat16"  # bfloat16 or float16
     channels_last: bool = False
-    save_every: int = 10  # also the last epoch, always
+    cuda_graph: bool = False  # CUDA only: replay each training step from a captured CUDA graph
+    compile: bool = False  # torch.compile the model (fused kernels; compiling takes a while)
+    save_every: int = 10  # checkpoint and resumable state every N epochs, and after the last one
 
 
 @dataclass
@@ -154,6 +157,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     bad = sorted(set(config.data.augment) - AUGMENTATIONS)
     if bad:
         raise IFMError(f"config key 'data.augment': unknown augmentation {bad[0]!r}; use {sorted(AUGMENTATIONS)}")
+    if config.train.amp_dtype not in ("bfloat16", "float16"):
+        raise IFMError(f"config key 'train.amp_dtype': use bfloat16 or float16, got {config.train.amp_dtype!r}")
     if config.data.dataset != "cifar10":
         raise IFMError(f"config key 'data.dataset': only cifar10 is supported, got {config.data.dataset!r}")
     return config

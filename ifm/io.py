@@ -9,6 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+try:
+    import fcntl
+except ImportError:  # Windows: appends are then unlocked
+    fcntl = None
+
 import torch
 
 from .errors import IFMError
@@ -71,15 +76,27 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Append one JSON line (written and flushed in one call: earlier lines are never touched)."""
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any], sync: bool = True) -> Path:
+    """Append one JSON line: one ``write`` under an exclusive lock, so concurrent writers (sweep shards,
+    several processes) never interleave, and earlier lines are never touched. After a torn last line
+    (a writer killed mid-line) the record starts on a fresh line. ``sync``: fsync before returning."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = (json.dumps(record, sort_keys=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)  # also releases the lock
     return path
 
 

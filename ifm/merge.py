@@ -26,6 +26,7 @@ import torch
 
 from . import kernels
 from .blas import syrk_upper
+from .device import default_device
 from .gram import GroupGram, gram_matrix
 from .groups import ChannelGroup
 
@@ -355,11 +356,6 @@ class IterativeMerger:
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _NullBar:

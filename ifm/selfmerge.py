@@ -17,24 +17,16 @@ from torch import nn
 
 from . import beyond
 from . import data as datasets
+from .data import CIFAR10_MEAN, CIFAR10_STD
 from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict
 from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict
-from .merge import MergeResult, check_hyperparameters, default_device, iterative_feature_merging
+from .device import pick_device
+from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
 from .metrics import count_flops, count_params
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEFAULT_RESULTS = "results/self_merge.jsonl"
-
-
-def pick_device(name: str | None) -> torch.device:
-    """``--device`` or, by default, CUDA when present."""
-    if name:
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise IFMError(f"--device {name} asked for, but CUDA is not available; use --device cpu")
-        return torch.device(name)
-    return default_device()
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -271,7 +263,7 @@ def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResu
     flops_before, flops_after = count_flops(original, size), count_flops(merged, size)
     return {
         "model": loaded.arch.name, "dataset": loaded.arch.dataset, "checkpoint": loaded.checkpoint,
-        **record_settings(args),
+        "checkpoint_digest": loaded.digest, **record_settings(args),
         "widths": result.widths, "original_widths": result.original_widths, "n_merges": result.n_merges,
         "params_before": params_before, "params_after": params_after,
         "params_pct": 100.0 * params_after / params_before,
@@ -286,7 +278,9 @@ def record_settings(args: argparse.Namespace) -> dict:
     """The settings of a run, as written into its record."""
     return {"method": getattr(args, "baseline", None) or "ifm", "beta": args.threshold, "max_ratio": args.max_ratio,
             "order": args.order, "stages": getattr(args, "stages", None), "dtype": args.dtype,
-            "bn_mode": getattr(args, "bn_mode", "official"), "recalibrate_bn": getattr(args, "recalibrate_bn", 0)}
+            "bn_mode": getattr(args, "bn_mode", "official"), "recalibrate_bn": getattr(args, "recalibrate_bn", 0),
+            "seeds": args.seeds if getattr(args, "baseline", None) == "random" else None,
+            "data_root": None if args.no_eval else str(Path(args.data_root).resolve())}
 
 
 def format_record(record: dict) -> str:

@@ -9,13 +9,14 @@ import argparse
 import copy
 from typing import Iterable, Sequence
 
+from .errors import IFMError
 from .io import read_jsonl
 from .selfmerge import Evaluator, load_model, pick_device, run_self_merge, validate
 
 PAPER_BETAS: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.1, 0.12, 0.14, 0.15, 0.18, 0.2)
 OFFICIAL_EXTRA_BETAS: tuple[float, ...] = (0.22, 0.24, 0.25, 0.26, 0.28, 0.3)
-SAME_RUN_FIELDS = ("model", "checkpoint", "method", "max_ratio", "order", "stages", "dtype", "eval_samples",
-                   "bn_mode", "recalibrate_bn", "seed")
+SAME_RUN_FIELDS = ("model", "checkpoint", "checkpoint_digest", "method", "max_ratio", "order", "stages", "dtype",
+                   "eval_samples", "bn_mode", "recalibrate_bn", "seeds", "data_root")
 
 
 def run_key(record: dict) -> tuple:
@@ -38,7 +39,7 @@ def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[d
     records: list[dict] = []
     for beta in betas:
         run_args = _with_beta(args, beta)
-        key = run_key(_expected_record(run_args, loaded.checkpoint, evaluator))
+        key = run_key(_expected_record(run_args, loaded.checkpoint, loaded.digest, evaluator))
         done = matching_records(args.results, key)
         if beta in done:
             log(f"beta={beta}: already in {args.results}, skipped")
@@ -57,11 +58,11 @@ def _with_beta(args: argparse.Namespace, beta: float) -> argparse.Namespace:
     return run_args
 
 
-def _expected_record(args: argparse.Namespace, checkpoint: str, evaluator) -> dict:
+def _expected_record(args: argparse.Namespace, checkpoint: str, digest: str, evaluator) -> dict:
     """The identifying fields a run of ``args`` will write (see ``make_record``)."""
     from .selfmerge import arch_name, record_settings
     record = record_settings(args)
-    record.update(model=arch_name(args), checkpoint=checkpoint,
+    record.update(model=arch_name(args), checkpoint=checkpoint, checkpoint_digest=digest,
                   eval_samples=None if evaluator is None else evaluator.total)
     return record
 
@@ -73,6 +74,19 @@ def format_sweep_table(records: Sequence[dict]) -> str:
         acc = "-" if r.get("acc_after") is None else f"{r['acc_after']:.2f}%"
         lines.append(f"{r['beta']:>6g} {r['n_merges']:>7d} {r['params_pct']:>9.2f} {r['flops_pct']:>8.2f} {acc:>9}")
     return "\n".join(lines)
+
+
+def shard_of(betas: Sequence[float], shard: str | None) -> list[float]:
+    """``"k/N"``: every N-th β starting at the k-th (k in 1..N), so N jobs of an array split a sweep."""
+    if shard is None:
+        return list(betas)
+    try:
+        k, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise IFMError(f"--shard expects k/N with integers, e.g. 1/4; got {shard!r}") from None
+    if not 1 <= k <= n:
+        raise IFMError(f"--shard {shard}: k must be in 1..N")
+    return list(betas)[k - 1::n]
 
 
 def parse_betas(values: Iterable[str]) -> list[float]:

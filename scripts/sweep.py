@@ -4,9 +4,10 @@
         --betas paper --eval_samples 2000
     python scripts/sweep.py --dataset imagenet --family resnet --arch resnet50 --weights IMAGENET1K_V2 --betas paper
 
-β values already in the results file (same model, checkpoint and settings) are skipped: an
-interrupted sweep restarted with the same command loses nothing and repeats nothing. All other
-arguments are those of the ``*_self_merge.py`` scripts.
+β values already in the results file (same model, checkpoint content and settings) are skipped: an
+interrupted sweep restarted with the same command loses nothing and repeats nothing. ``--shard k/N``
+runs every N-th β (a cluster job array splits one sweep; all shards append safely to one results
+file). All other arguments are those of the ``*_self_merge.py`` scripts.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.errors import IFMError  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
-from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
+from ifm.sweep import format_sweep_table, parse_betas, shard_of, sweep  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,13 +31,18 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--betas", nargs="+", default=["paper"],
                         help="'paper' (App. D grid), 'official' (+ 0.22..0.3) or numbers")
+    parser.add_argument("--shard", default=None, metavar="k/N",
+                        help="run every N-th beta starting at the k-th (job arrays; shards share --results)")
     parser.set_defaults(results="results/sweep.jsonl")
     args = parser.parse_args(argv)
     try:
-        records = sweep(args, parse_betas(args.betas))
+        records = sweep(args, shard_of(parse_betas(args.betas), args.shard))
     except IFMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not records:
+        print(f"no beta falls in shard {args.shard}")
+        return 0
     before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
     print(f"\n{records[0]['model']} {records[0]['checkpoint']}"
           + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
