@@ -23,20 +23,34 @@ def save_figure(fig, path: str | Path) -> Path:
 
 def plot_accuracy_vs_params(curves: Mapping[str, Sequence[dict]], path: str | Path, title: str = "",
                             x_field: str = "params_pct", x_label: str = "remaining parameters (%)") -> Path:
-    """One curve per label, one dot per β (Fig. 3(a), 4(a), 4(b)); the original accuracy as a dashed line."""
+    """One curve per label, one dot per β (Fig. 3(a), 4(a), 4(b)); the original accuracy as a dashed line.
+    β labels that would overlap an earlier label are left out (every β is in the CSV beside the figure)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labelled: list[tuple[float, float]] = []
+    drawn = []
     for label, records in curves.items():
         points = sorted((r[x_field], r["acc_after"], r["beta"]) for r in records if r.get("acc_after") is not None)
         if not points:
             continue
         line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        for x, y, beta in points:
-            ax.annotate(f"{beta:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        drawn.append((line, points))
         before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
         if before is not None:
             ax.axhline(before, color=line.get_color(), linestyle="--", linewidth=0.8)
     ax.set(xlabel=x_label, ylabel="test accuracy (%)", title=title)
+    ax.set_xlim(0, 105 if x_field.endswith("_pct") else None)
+    fig.canvas.draw()
+    to_axes = ax.transData + ax.transAxes.inverted()
+    for line, points in drawn:
+        for x, y, beta in sorted(points, key=lambda p: -p[1]):  # the accurate end first: it matters most
+            u, v = to_axes.transform((x, y))
+            if all(abs(u - a) > 0.09 or abs(v - b) > 0.035 for a, b in labelled):
+                labelled.append((u, v))
+                ax.annotate(f"β={beta:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=line.get_color())
+    if drawn:
+        ax.plot([], [], color="gray", linestyle="--", linewidth=0.8, label="original accuracy")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="best", fontsize=8)
     return save_figure(fig, path)

@@ -17,6 +17,7 @@ Layout of ``out``::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,6 @@ def check_settings(settings: ReproductionSettings) -> Profile:
         raise IFMError(f"--precision must be bf16 or fp32, got {settings.precision!r}")
     marker = Path(settings.out) / "profile.json"
     if marker.exists():
-        import json
         try:
             earlier = json.loads(marker.read_text())
         except ValueError:
@@ -178,7 +178,6 @@ def training_rows(settings: ReproductionSettings) -> list[dict]:
     for name in settings.models:
         summary = Path(settings.out) / "checkpoints" / name / "summary.json"
         if summary.exists():
-            import json
             s = json.loads(summary.read_text())
             final = s.get("final") or {}
             rows.append({"model": name, "epochs": s["epochs"], "seed": s.get("seed"), "precision": s.get("precision"),

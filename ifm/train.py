@@ -8,6 +8,7 @@ an uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import time
 import warnings
 from dataclasses import dataclass
@@ -261,8 +262,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def save_state(self, epoch: int) -> None:
+        scheduler = self.scheduler.state_dict()  # its milestones Counter as a dict: loadable with weights_only
+        scheduler["milestones"] = dict(scheduler["milestones"])
         state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.step.scaler.state_dict()}
+                 "scheduler": scheduler, "scaler": self.step.scaler.state_dict()}
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
@@ -272,7 +275,7 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
         self.step.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"] + 1
 

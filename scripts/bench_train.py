@@ -81,13 +81,13 @@ def main() -> None:
     for mode in args.modes:
         for name in args.model:
             rate = images_per_second([make_step(name, args.width, device, mode)], device, args.batch_size, args.steps)
-            print(f"{name:9s} {mode:8s} {rate:10.0f} {rate * flops[name] / 1e12:8.2f} "
+            print(f"{name:9s} {mode:8s} {rate:10.0f} {rate * flops[name] / 1e12:8.3g} "
                   f"{50_000 * args.epochs / rate / 60:9.1f} min", flush=True)
         if args.together and len(args.model) > 1:
             steps = [make_step(name, args.width, device, mode) for name in args.model]
             rate = images_per_second(steps, device, args.batch_size, args.steps)
             total = sum(flops.values())
-            print(f"{'together':9s} {mode:8s} {rate:10.0f} {rate * total / 1e12:8.2f} "
+            print(f"{'together':9s} {mode:8s} {rate:10.0f} {rate * total / 1e12:8.3g} "
                   f"{50_000 * args.epochs / rate / 60:9.1f} min  (images/s of each of {len(steps)} models)",
                   flush=True)
 

@@ -1,4 +1,5 @@
 """Training from configs: every config's model trains, resume is exact, bad configs fail clearly."""
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,44 @@ def test_distributed_training_on_two_processes(cifar_root, tmp_path):
     alone = [h.train_loss for h in single.history]
     # same global batches; only BN's batch statistics differ (computed on each rank's half)
     assert distributed == pytest.approx(alone, rel=0.1)
+
+
+def test_bench_train_prints_rates_per_mode(capsys, monkeypatch):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_train
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--model", "VGG11", "ResNet18", "--width", "0.0625",
+                                      "--device", "cpu", "--steps", "1", "--batch_size", "8", "--modes", "fp32",
+                                      "bf16", "--together"])
+    bench_train.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("VGG11", "fp32"), ("ResNet18", "fp32"), ("together", "fp32"),
+                                             ("VGG11", "bf16"), ("ResNet18", "bf16"), ("together", "bf16")]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_is_recorded(cifar_root, tmp_path):
+    config = load_config(VGG11_CFG, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}", "train.amp=true",
+                                            "train.channels_last=true", "train.cuda_graph=true"])
+    run_dir, history = train_from_config(config, "vgg11_training", "bf16", progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["precision"] == "bfloat16" and summary["cuda_graph"] is False  # CUDA graphs: CUDA only
+    assert summary["channels_last"] is True and history[0].train_loss > 0
+
+
+def test_a_second_training_with_the_same_prefix_refuses(cifar_root, tmp_path):
+    config = load_config(VGG11_CFG, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
+    from ifm.train import run_directory
+    claimed = run_directory(config, "cfg", "same", resume=False)
+    assert claimed.is_dir()
+    with pytest.raises(IFMError, match="already holds a run"):
+        run_directory(config, "cfg", "same", resume=False)
+
+
+@pytest.mark.parametrize("name,message", [("tpu", "unknown --device 'tpu'"), ("cuda:0", "CUDA is not available")])
+def test_bad_device_names_fail_clearly(name, message):
+    from ifm.device import pick_device
+    if name.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(IFMError, match=message):
+        pick_device(name)

@@ -1,0 +1,104 @@
+"""Sweep records: what identifies a run (checkpoint content, data, seeds), shards, and appends that several
+processes make at once or that follow a torn line."""
+import json
+import multiprocessing
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ifm.errors import IFMError
+from ifm.io import append_jsonl, read_jsonl
+from ifm.sweep import PAPER_BETAS, shard_of
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import sweep as sweep_script  # noqa: E402
+
+
+def test_shards_split_a_grid_without_overlap():
+    betas = list(PAPER_BETAS)
+    shards = [shard_of(betas, f"{k}/3") for k in (1, 2, 3)]
+    assert shards[0] == [0.01, 0.07, 0.14, 0.2] and shards[1] == [0.03, 0.1, 0.15]
+    assert sorted(b for s in shards for b in s) == sorted(betas)
+    assert shard_of(betas, None) == betas
+    for bad in ("0/3", "4/3", "x", "1/"):
+        with pytest.raises(IFMError, match="--shard"):
+            shard_of(betas, bad)
+
+
+def _sweep(ckpt, data_root, results, *extra) -> list[str]:
+    return ["--vgg_name", "VGG11", "--model_param", str(ckpt), "--data_root", str(data_root), "--results",
+            str(results), "--no_progress", "--eval_samples", "8", *extra]
+
+
+def test_two_shards_fill_one_results_file(tiny_checkpoints, cifar_root, tmp_path):
+    results = tmp_path / "r.jsonl"
+    for k in (1, 2):
+        assert sweep_script.main(_sweep(tiny_checkpoints["VGG11"], cifar_root, results, "--betas", "0.2", "0.3",
+                                        "0.4", "--shard", f"{k}/2")) == 0
+    assert sorted(r["beta"] for r in read_jsonl(results)) == [0.2, 0.3, 0.4]
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_merged_again(tiny_checkpoints, cifar_root, tmp_path, capsys):
+    ckpt, results = tmp_path / "model.pt", tmp_path / "r.jsonl"
+    shutil.copy(tiny_checkpoints["VGG11"], ckpt)
+    argv = _sweep(ckpt, cifar_root, results, "--betas", "0.3")
+    assert sweep_script.main(argv) == 0
+    first = list(read_jsonl(results))[-1]
+    state = torch.load(ckpt, weights_only=True)["net"]
+    for key, value in state.items():  # different weights: every conv's channels become identical
+        if value.ndim == 4:
+            value.copy_(value[:1].expand_as(value))
+    torch.save(state, ckpt)
+    assert sweep_script.main(argv) == 0
+    assert "already in" not in capsys.readouterr().out
+    second = list(read_jsonl(results))[-1]
+    assert second["checkpoint_digest"] != first["checkpoint_digest"] and second["n_merges"] > first["n_merges"]
+
+
+def test_other_data_or_seeds_are_not_taken_for_a_done_run(tiny_checkpoints, cifar_root, tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    other = tmp_path / "copy"
+    shutil.copytree(cifar_root, other)
+    base = _sweep(tiny_checkpoints["VGG11"], cifar_root, results, "--betas", "0.3", "--baseline", "random")
+    assert sweep_script.main(base + ["--seeds", "2"]) == 0
+    assert sweep_script.main(base + ["--seeds", "3"]) == 0
+    moved = _sweep(tiny_checkpoints["VGG11"], other, results, "--betas", "0.3", "--baseline", "random", "--seeds", "3")
+    assert sweep_script.main(moved) == 0
+    assert "already in" not in capsys.readouterr().out
+    records = list(read_jsonl(results))
+    assert [r["seeds"] for r in records] == [2, 3, 3] and len(records[1]["acc_after_runs"]) == 3
+    assert sweep_script.main(moved) == 0
+    assert "already in" in capsys.readouterr().out and len(list(read_jsonl(results))) == 3
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    for k in range(count):
+        append_jsonl(path, {"writer": writer, "k": k, "pad": "x" * (100 + 997 * writer * (k % 3))}, sync=False)
+
+
+def test_concurrent_appends_from_several_processes_never_interleave(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_append_many, args=(path, w, 500)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    lines = Path(path).read_text().splitlines()
+    assert len(lines) == 2000
+    records = [json.loads(line) for line in lines]  # every line is one whole record
+    assert sorted((r["writer"], r["k"]) for r in records) == [(w, k) for w in range(4) for k in range(500)]
+
+
+def test_a_record_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_jsonl(path, {"beta": 0.1})
+    with open(path, "a") as handle:
+        handle.write('{"beta": 0.2, "acc')  # a writer killed mid-line
+    append_jsonl(path, {"beta": 0.3})
+    assert [r["beta"] for r in read_jsonl(path)] == [0.1, 0.3]
+    assert path.read_text().endswith('{"beta": 0.3}\n')
