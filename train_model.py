@@ -12,9 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ifm.config import load_config
+from ifm.config import load_config, resume_config
+from ifm.device import configure_threads
 from ifm.errors import IFMError
-from ifm.train import init_distributed, train_from_config
+from ifm.train import init_distributed, run_directory, train_from_config
 
 
 def main(argv=None) -> int:
@@ -23,12 +24,20 @@ def main(argv=None) -> int:
     parser.add_argument("--prefix", default="model", help="run name: output/<date>/<prefix>_<cfg name>/")
     parser.add_argument("--data_root", default=None, help="shortcut for --set data.root=...")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
-    parser.add_argument("--resume", action="store_true", help="continue the newest run of this prefix and config")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the newest run of this prefix and config, with the config it was started with "
+                             "(--set may add epochs or change data.root/train.device)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
+    configure_threads()
     overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
     try:
         config = load_config(args.cfg, overrides)
+        if args.resume:  # the run's own config.yml, not the YAML file (which may have changed since)
+            saved = run_directory(config, Path(args.cfg).stem, args.prefix, resume=True) / "config.yml"
+            if not saved.is_file():
+                raise IFMError(f"cannot resume: {saved} is missing")
+            config = resume_config(saved, overrides)
         distributed = init_distributed(config.train.device)
         run_dir, history = train_from_config(config, Path(args.cfg).stem, args.prefix, args.resume,
                                              progress=not args.no_progress)

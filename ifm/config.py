@@ -162,3 +162,29 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     if config.data.dataset != "cifar10":
         raise IFMError(f"config key 'data.dataset': only cifar10 is supported, got {config.data.dataset!r}")
     return config
+
+
+#: keys that may change when a run is resumed (everything else must stay as the run was started)
+SAFE_ON_RESUME = ("train.epochs", "train.save_every", "train.device", "data.root", "data.download", "output_dir")
+
+
+def _flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_config(saved: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config a run was started with (its ``config.yml``), with the overrides that are safe on resume
+    (more epochs, another data root or device); any other override must repeat the saved value."""
+    started = _flatten(load_config(saved).to_dict())
+    config = load_config(saved, overrides)
+    for key, value in _flatten(config.to_dict()).items():
+        if value != started[key] and key not in SAFE_ON_RESUME:
+            raise IFMError(f"--set {key}={value} cannot change on --resume: the run was started with "
+                           f"{key}={started[key]!r} (only {', '.join(SAFE_ON_RESUME)} may change)")
+    return config

@@ -6,11 +6,14 @@ to it; ``scripts/reproduce.py`` is the command line.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .archs import channel_groups, model_for_state_dict
 from .io import write_csv
@@ -28,6 +31,85 @@ PAPER_TABLE2 = {("cifar10", "VGG13"): "0.018 ± 0.003", ("cifar10", "VGG16"): "0
                 ("imagenet", "resnet50"): "0.127 ± 0.010"}
 
 
+# ------------------------------------------------------------------------------------ curves
+#: record fields that change a result: records differing in any of them belong to different curves
+CURVE_FIELDS = ("model", "checkpoint_digest", "method", "bn_mode", "recalibrate_bn", "order", "max_ratio",
+                "stages", "dtype", "eval_samples", "seeds", "data_root")
+_DESCRIBE = {"method": lambda v: {"ifm": "IFM", "l1": "L1 pruning", "random": "random pruning"}.get(v, v),
+             "bn_mode": lambda v: f"BN {v}", "recalibrate_bn": lambda v: f"BN recalibrated on {v}" if v not in
+             ("0", "None") else "no BN recalibration", "order": lambda v: f"order {v}",
+             "eval_samples": lambda v: f"{v} test images", "seeds": lambda v: f"{v} seeds"}
+
+
+def checkpoint_label(record: Mapping) -> str:
+    """A readable name for a record's weights: torchvision's weights name, a training run's folder and
+    epoch (``run/model_epoch149``), or the file name."""
+    checkpoint = str(record.get("checkpoint", "?"))
+    if checkpoint.startswith("torchvision:"):
+        return checkpoint.split(":", 1)[1]
+    path = Path(checkpoint)
+    return f"{path.parent.parent.name}/{path.stem}" if path.parent.name == "params" else path.stem
+
+
+def width_factor(record: Mapping) -> float | None:
+    """The channel multiplier of a CIFAR model's record (its original widths over the default ones)."""
+    if record.get("dataset") != "cifar10" or not record.get("original_widths"):
+        return None
+    default = _default_widths(record["model"])
+    first = next(iter(record["original_widths"]))
+    return record["original_widths"][first] / default[first] if first in default else None
+
+
+@lru_cache(maxsize=None)
+def _default_widths(arch: str) -> dict[str, int]:
+    from .archs import get_architecture
+    return {g.name: g.width for g in channel_groups(arch, get_architecture(arch).build(10).state_dict())}
+
+
+def curves_by_setting(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """Evaluated records grouped into curves by every setting that changes a result, sorted by β (the last
+    record of a β wins). Labels name the model and its width, then what tells curves apart: the checkpoint
+    (when a model has several), the method, BN mode, recalibration, order, evaluated images..."""
+    groups: dict[tuple, dict[float, dict]] = {}
+    for r in records:
+        if r.get("acc_after") is None:
+            continue
+        key = tuple(str(r.get(f, r.get("checkpoint")) if f == "checkpoint_digest" else r.get(f)) for f in CURVE_FIELDS)
+        groups.setdefault(key, {})[r["beta"]] = r
+    varying = {f for i, f in enumerate(CURVE_FIELDS) if len({k[i] for k in groups}) > 1}
+    per_model: dict[str, set] = {}
+    for key in groups:
+        per_model.setdefault(key[0], set()).add(key[1])
+    labels: dict[tuple, str] = {}
+    for key, by_beta in groups.items():
+        first = next(iter(by_beta.values()))
+        factor = width_factor(first)
+        parts = [key[0] + (f" ×{factor:g}" if factor and abs(factor - 1) > 1e-9 else "")]
+        if len(per_model[key[0]]) > 1:
+            parts.append(checkpoint_label(first))
+        parts += [_DESCRIBE.get(f, lambda v, f=f: f"{f} {v}")(key[i]) for i, f in enumerate(CURVE_FIELDS)
+                  if f in varying and f not in ("model", "checkpoint_digest", "data_root")]
+        if "data_root" in varying:
+            parts.append(f"data {Path(key[CURVE_FIELDS.index('data_root')]).name}")
+        labels[key] = ", ".join(parts)
+    curves: dict[str, list[dict]] = {}
+    for key, label in labels.items():
+        if list(labels.values()).count(label) > 1:  # same name, other weights: tell them apart by digest
+            label = f"{label} [{key[1][-12:]}]"
+        while label in curves:
+            label += "'"
+        curves[label] = sorted(groups[key].values(), key=lambda r: r["beta"])
+    return curves
+
+
+def evaluated_subset(records: Sequence[dict]) -> str:
+    """'CIFAR-10, 10,000 test images' (or several sizes) for titles."""
+    datasets = sorted({r.get("dataset", "?") for r in records})
+    sizes = sorted({r["eval_samples"] for r in records if r.get("eval_samples")})
+    name = ", ".join({"cifar10": "CIFAR-10", "imagenet": "ImageNet val"}.get(d, d) for d in datasets)
+    return name + (", " + " / ".join(f"{n:,}" for n in sizes) + " test images" if sizes else "")
+
+
 # ------------------------------------------------------------------------------------ Fig. 3(b)
 def largest_beta_within(records: Sequence[dict], fraction: float = 0.95) -> dict | None:
     """The record with the largest β whose accuracy stays above ``fraction`` of the original (Fig. 3(b))."""
@@ -38,32 +120,43 @@ def largest_beta_within(records: Sequence[dict], fraction: float = 0.95) -> dict
 def plot_accuracy_vs_count(choices: Mapping[str, dict], path: str | Path) -> Path:
     """Fig. 3(b): accuracy against the number of parameters, before (hollow) and after merging."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, r in choices.items():
         line, = ax.plot([r["params_before"] / 1e6, r["params_after"] / 1e6], [r["acc_before"], r["acc_after"]],
                         linestyle=":", marker="o", label=f"{label} (β={r['beta']:g})")
         ax.plot([r["params_before"] / 1e6], [r["acc_before"]], marker="o", markerfacecolor="white",
                 color=line.get_color())
+    ax.plot([], [], "o", color="gray", markerfacecolor="white", label="hollow: original model")
+    ax.plot([], [], "o", color="gray", label="filled: after merging")
+    subset = evaluated_subset(list(choices.values()))
     ax.set(xlabel="parameters (millions)", ylabel="test accuracy (%)",
-           title="largest β keeping ≥95% of the original accuracy")
+           title=f"Largest β keeping ≥95% of the original accuracy ({subset})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------ Fig. 5(a)
-def plot_feature_complexity(widths_by_model: Mapping[str, Mapping[str, int]], path: str | Path, beta: float) -> Path:
-    """Fig. 5(a): merged width of every layer, one line per model; also a CSV beside the PNG."""
+def plot_feature_complexity(records_by_model: Mapping[str, Mapping], path: str | Path, beta: float) -> Path:
+    """Fig. 5(a): merged width of every layer, one line per model (records with ``widths`` and
+    ``original_widths``), the original widths dashed; also a CSV beside the PNG."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = []
-    for label, widths in widths_by_model.items():
-        ax.plot(range(1, len(widths) + 1), list(widths.values()), marker="o", label=label)
-        rows += [(label, k, name, w) for k, (name, w) in enumerate(widths.items(), start=1)]
-    ax.set(xlabel="layer", ylabel="feature complexity (merged width)", title=f"feature complexity at β={beta:g}")
+    for label, record in records_by_model.items():
+        widths, original = record["widths"], record.get("original_widths") or {}
+        layers = range(1, len(widths) + 1)
+        line, = ax.plot(layers, list(widths.values()), marker="o", label=label)
+        if original:
+            ax.plot(layers, [original[k] for k in widths], linestyle="--", linewidth=0.8, color=line.get_color())
+        rows += [(label, k, name, w, original.get(name)) for k, (name, w) in enumerate(widths.items(), start=1)]
+    ax.plot([], [], color="gray", linestyle="--", linewidth=0.8, label="original width")
+    ax.set(xlabel="layer", ylabel="feature complexity (merged width)",
+           title=f"Feature complexity of every layer at β={beta:g}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend()
-    write_csv(Path(path).with_suffix(".csv"), ["model", "layer", "group", "width"], rows)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    write_csv(Path(path).with_suffix(".csv"), ["model", "layer", "group", "width", "original_width"], rows)
     return save_figure(fig, path)
 
 
@@ -81,22 +174,29 @@ def normalized_distances(state_dict: Mapping[str, Tensor], arch: str, layers: Se
     return out
 
 
-def plot_heatmaps(matrices: Mapping[str, Tensor], path: str | Path, columns: int = 4) -> Path:
-    """One heatmap per layer (Fig. 2(a) for one layer, Fig. 7 for the first 12)."""
+def layer_name(group) -> str:
+    """The layer a channel group belongs to, for titles: its first member's module (``features.24``)."""
+    key = group.members[0].key
+    return key[: -len(".weight")] if key.endswith(".weight") else key
+
+
+def plot_heatmaps(matrices: Mapping[str, Tensor], path: str | Path, columns: int = 4, title: str = "") -> Path:
+    """One heatmap per layer (Fig. 2(a) for one layer, Fig. 7 for the first 12), keyed by layer name."""
     plt = pyplot()
     n = len(matrices)
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
+    size = 5.0 if n == 1 else 3.6
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.6, size * rows), squeeze=False)
     for ax, (name, matrix) in zip(axes.flat, matrices.items()):
         image = ax.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"{name} ({matrix.shape[0]} features)", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(image, ax=ax, fraction=0.046)
+        ax.set_title(f"{name} ({matrix.shape[0]} features)", fontsize=10)
+        ax.set(xlabel="feature n", ylabel="feature m")
+        fig.colorbar(image, ax=ax, fraction=0.046, label="D_mn / max D")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("normalised Eq. 6 distances between features")
+    fig.suptitle("Normalised Eq. 6 distances between features" + (f"\n{title}" if title else ""))
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -160,42 +260,51 @@ def fig2b(state_dict: Mapping[str, Tensor], arch: str, beta: float, lambdas: Seq
             "random": random_curve}
 
 
-def plot_interpolation(curves: Sequence[dict], path: str | Path) -> Path:
+def plot_interpolation(curves: Sequence[dict], path: str | Path, title: str = "interpolating θ and π(θ)") -> Path:
+    """Fig. 2(b): accuracy along λ, solid for equivalent features, dashed for random ones."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for c in curves:
         line, = ax.plot(c["lambdas"], c["equivalent"], marker="o",
                         label=f"β={c['beta']:g}: equivalent features ({c['moved_features']} moved)")
         ax.plot(c["lambdas"], c["random"], linestyle="--", marker="x", color=line.get_color(),
                 label=f"β={c['beta']:g}: random features")
-    ax.set(xlabel="λ", ylabel="test accuracy (%)", title="interpolating θ and π(θ)")
+    ax.set(xlabel="λ", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------ Table 2
-def time_per_iteration(state_dict: Mapping[str, Tensor], arch: str, beta: float, device: str) -> dict:
-    """Our merge (total and per outer iteration) and one naive iteration (a full distance pass)."""
+def time_per_iteration(state_dict: Mapping[str, Tensor], arch: str, beta: float, device: str,
+                       repeats: int = 3) -> dict:
+    """Our merge, timed ``repeats`` times after a warm-up (the compiled kernels loaded): seconds per outer
+    iteration and per merge, mean and standard deviation over the repeats; and one naive iteration (a full
+    distance pass of every group, which the official loop recomputes at every iteration), the best one."""
     groups = channel_groups(arch, state_dict)
-    start = time.perf_counter()
-    merger = IterativeMerger(state_dict, groups, device=device)
-    naive_iteration = time.perf_counter() - start  # every naive iteration recomputes all of this
-    result = merger.run(beta)
-    total = time.perf_counter() - start
-    return {"merges": result.n_merges, "iterations": result.iterations, "total_s": total,
-            "ours_per_iteration_s": total / max(result.iterations, 1), "naive_per_iteration_s": naive_iteration}
+    iterative_feature_merging(state_dict, groups, beta=beta, max_ratio=0.01, device=device)  # warm-up
+    totals, naive = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        merger = IterativeMerger(state_dict, groups, device=device)
+        naive.append(time.perf_counter() - start)
+        result = merger.run(beta)
+        totals.append(time.perf_counter() - start)
+    total = torch.tensor(totals, dtype=torch.float64)
+    per_iteration = total / max(result.iterations, 1)
+    per_merge = total / max(result.n_merges, 1)
+    spread = (lambda t: t.std().item()) if repeats > 1 else (lambda t: 0.0)
+    return {"merges": result.n_merges, "iterations": result.iterations, "total_s": total.mean().item(),
+            "ours_per_iteration_s": per_iteration.mean().item(), "ours_per_iteration_std": spread(per_iteration),
+            "ours_per_merge_s": per_merge.mean().item() if result.n_merges else None,
+            "ours_per_merge_std": spread(per_merge) if result.n_merges else None,
+            "naive_per_iteration_s": min(naive), "repeats": repeats}
 
 
 # ------------------------------------------------------------------------------------ Fig. 5(b), 8, 9
-class _GuidedReLU(nn.Module):
+class _GuidedReLUFunction(torch.autograd.Function):
     """ReLU whose backward pass lets only positive gradients through positive inputs."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _GuidedReLUFunction.apply(x)
-
-
-class _GuidedReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -207,34 +316,45 @@ class _GuidedReLUFunction(torch.autograd.Function):
         return grad * (x > 0) * (grad > 0)
 
 
+class _GuidedReLUs(TorchFunctionMode):
+    """Every ReLU called while active (``nn.ReLU`` modules, ``F.relu``, ``torch.relu``, in place or not)
+    becomes a guided ReLU, so guided back-propagation holds for models that call ReLU functionally."""
+
+    RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.RELUS:
+            return _GuidedReLUFunction.apply(args[0])
+        return func(*args, **(kwargs or {}))
+
+
 def guided_backprop(model: nn.Module, layer: str, channels: Sequence[int], images: Tensor) -> Tensor:
     """Input gradients of the summed activations of ``channels`` at module ``layer`` (other features'
     gradients set to zero), through guided ReLUs. Returns ``(N, 3, H, W)``."""
-    import copy
-    guided = copy.deepcopy(model).eval()
-    for name, module in list(guided.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(module, child_name, _GuidedReLU())
+    model = model.eval()
     captured = {}
-    handle = guided.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
     x = images.clone().requires_grad_(True)
-    guided(x)
-    handle.remove()
-    out = captured["out"]
-    mask = torch.zeros(out.shape[1], dtype=out.dtype)
-    mask[list(channels)] = 1.0
-    (out * mask.view(1, -1, 1, 1)).clamp(min=0).sum().backward()
+    try:
+        with _GuidedReLUs():
+            model(x)
+            out = captured["out"]
+            mask = torch.zeros(out.shape[1], dtype=out.dtype)
+            mask[list(channels)] = 1.0
+            _GuidedReLUFunction.apply(out * mask.view(1, -1, 1, 1)).sum().backward()
+    finally:
+        handle.remove()
     return x.grad.detach()
 
 
-def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: str | Path) -> Path:
+def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: str | Path, title: str = "") -> Path:
     """Rows: the images, then one row per group of equivalent features."""
     plt = pyplot()
     n = images.shape[0]
-    fig, axes = plt.subplots(len(maps) + 1, n, figsize=(1.6 * n, 1.7 * (len(maps) + 1)), squeeze=False)
+    fig, axes = plt.subplots(len(maps) + 1, n, figsize=(1.6 * n + 1.2, 1.7 * (len(maps) + 1)), squeeze=False)
     for j in range(n):
         axes[0, j].imshow(images[j].permute(1, 2, 0).clamp(0, 1).numpy())
+    axes[0, 0].set_ylabel("image", fontsize=7)
     for i, (label, grads) in enumerate(maps, start=1):
         for j in range(n):
             g = grads[j]
@@ -244,5 +364,7 @@ def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: s
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=8)
     return save_figure(fig, path)
 

@@ -26,7 +26,7 @@ def plot_accuracy_vs_params(curves: Mapping[str, Sequence[dict]], path: str | Pa
     """One curve per label, one dot per β (Fig. 3(a), 4(a), 4(b)); the original accuracy as a dashed line.
     β labels that would overlap an earlier label are left out (every β is in the CSV beside the figure)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     labelled: list[tuple[float, float]] = []
     drawn = []
     for label, records in curves.items():
@@ -34,6 +34,10 @@ def plot_accuracy_vs_params(curves: Mapping[str, Sequence[dict]], path: str | Pa
         if not points:
             continue
         line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        spread = {r["beta"]: r["acc_after_std"] for r in records if r.get("acc_after_std") is not None}
+        if spread:  # several seeds (random pruning): their standard deviation as error bars
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[spread.get(p[2], 0) for p in points],
+                        fmt="none", ecolor=line.get_color(), capsize=3)
         drawn.append((line, points))
         before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
         if before is not None:
@@ -52,5 +56,5 @@ def plot_accuracy_vs_params(curves: Mapping[str, Sequence[dict]], path: str | Pa
     if drawn:
         ax.plot([], [], color="gray", linestyle="--", linewidth=0.8, label="original accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save_figure(fig, path)

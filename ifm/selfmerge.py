@@ -51,7 +51,8 @@ def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: s
         p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNet stages to merge (default: 3 4)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="distance bookkeeping")
     p.add_argument("--data_root", default="data/cifar10" if dataset == "cifar10" else "data/imagenet")
-    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if absent")
+    if dataset == "cifar10":  # ImageNet cannot be downloaded by torchvision
+        p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if absent")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--batch_size", type=int, default=64 if dataset == "imagenet" else 256)
     p.add_argument("--workers", type=int, default=4)
@@ -142,7 +143,7 @@ class Evaluator:
     def __init__(self, loaded: LoadedModel, args: argparse.Namespace, device: torch.device):
         self.device, self.args, self.loaded = device, args, loaded
         if loaded.arch.dataset == "cifar10":
-            test = datasets.load_cifar10(args.data_root, "test", download=args.download,
+            test = datasets.load_cifar10(args.data_root, "test", download=getattr(args, "download", False),
                                          progress=not args.no_progress)
             self.data = test.subset(datasets.spread_indices(len(test), args.eval_samples))
             self.total = len(self.data)
@@ -167,7 +168,7 @@ class Evaluator:
         """N training images spread over the training split (for BN recalibration)."""
         if self.loaded.arch.dataset != "cifar10":
             raise IFMError("--recalibrate_bn is implemented for CIFAR-10 models")
-        train = datasets.load_cifar10(self.args.data_root, "train", download=self.args.download,
+        train = datasets.load_cifar10(self.args.data_root, "train", download=getattr(self.args, "download", False),
                                       progress=not self.args.no_progress)
         subset = train.subset(datasets.spread_indices(len(train), n))
         mean, std = self.loaded.normalize or (None, None)

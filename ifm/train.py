@@ -272,8 +272,12 @@ class Trainer:
         path = self.run_dir / STATE_FILE
         if not path.exists():
             raise IFMError(f"cannot resume: {path} is missing")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+        except Exception as exc:  # unreadable or truncated file, or weights of another model
+            raise IFMError(f"cannot resume from {path}: {str(exc).splitlines()[0][:200]} (a truncated file, or a run "
+                           "of another model or width)") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
         self.step.scaler.load_state_dict(state["scaler"])
@@ -393,6 +397,8 @@ def plot_curves(run_dir: Path) -> Path | None:
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in records], marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax_loss.legend()
     fig.tight_layout()
     return save_figure(fig, Path(run_dir) / "curves.png")
@@ -421,8 +427,10 @@ def write_summary(trainer: Trainer) -> dict:
     t = trainer.config.train
     summary = {"run_dir": str(trainer.run_dir), "model": trainer.config.model.name, "epochs": t.epochs,
                "seed": t.seed, "device": str(trainer.device), "world_size": trainer.world,
+               "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "CPU",
                "precision": t.amp_dtype if t.amp else "float32", "channels_last": t.channels_last,
                "cuda_graph": trainer.step.use_graph, "compile": t.compile, "torch_version": torch.__version__,
+               "cpu_threads": torch.get_num_threads(),
                "train_seconds": sum(r["seconds"] for r in records),
                "final": records[-1] if records else None}
     write_json(trainer.run_dir / "summary.json", summary)

@@ -30,20 +30,13 @@ sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 from ifm import channel_groups, iterative_feature_merging  # noqa: E402
 from ifm.io import load_state_dict_file  # noqa: E402
-from tests.helpers import copy_channel  # noqa: E402
+from ifm.synthetic import near_duplicate_state_dict  # noqa: E402
 from tests.naive_reference import NaiveDeadline, naive_distance, naive_ifm  # noqa: E402
 
 
 def near_duplicate_vgg16(seed: int = 0, prototypes: float = 0.25, noise: float = 0.02) -> dict:
     """CIFAR VGG16 whose channels are noisy copies of a quarter of them (rows and columns)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    sd = models.create_model("VGG16").state_dict()
-    for group in channel_groups("VGG16", sd):
-        keep = max(1, int(group.width * prototypes))
-        for dst in range(keep, group.width):
-            copy_channel(sd, group, dst % keep, dst, noise=noise, generator=gen)
-    return sd
+    return near_duplicate_state_dict("VGG16", seed, prototypes, noise)
 
 
 def warm_up() -> float:

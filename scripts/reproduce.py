@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -27,79 +26,109 @@ from ifm.io import load_state_dict_file, read_jsonl, write_csv, write_json  # no
 from ifm.merge import iterative_feature_merging  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
+from ifm.synthetic import near_duplicate_state_dict  # noqa: E402
 
 
-def _curves(results: str, method: str = "ifm") -> dict[str, list[dict]]:
-    records = [r for r in read_jsonl(results) if r.get("method", "ifm") == method and r.get("acc_after") is not None]
-    if not records:
+def _curves(results: str) -> dict[str, list[dict]]:
+    """Curves of the results file, one per model, checkpoint and setting (see figures.curves_by_setting)."""
+    curves = figures.curves_by_setting(list(read_jsonl(results)))
+    if not curves:
         raise IFMError(f"no evaluated records in {results}: run scripts/sweep.py first")
-    by_run: dict[tuple, dict[float, dict]] = defaultdict(dict)
-    for r in records:
-        by_run[(r["model"], r["checkpoint"])][r["beta"]] = r  # the last record of a beta wins
-    models = defaultdict(int)
-    for model, _ in by_run:
-        models[model] += 1
-    return {(m if models[m] == 1 else f"{m} ({Path(c).stem})"): sorted(v.values(), key=lambda r: r["beta"])
-            for (m, c), v in by_run.items()}
+    return curves
 
 
 def cmd_fig3a(args) -> None:
     curves = _curves(args.results)
-    path = plot_accuracy_vs_params(curves, Path(args.out) / f"{args.name}.png", title=args.title)
+    title = args.title or (f"IFM: accuracy vs remaining parameters\n"
+                           f"({figures.evaluated_subset([r for rs in curves.values() for r in rs])})")
+    path = plot_accuracy_vs_params(curves, Path(args.out) / f"{args.name}.png", title=title)
+    rows = []
     for label, records in curves.items():
         print(label + ": " + ", ".join(f"β={r['beta']:g} {r['params_pct']:.1f}% {r['acc_after']:.2f}%" for r in records))
-    print(f"figure: {path}")
+        rows += [(label, r["model"], figures.checkpoint_label(r), r["beta"], r["n_merges"], r["params_pct"],
+                  r["flops_pct"], r["acc_before"], r["acc_after"], r.get("acc_after_std", "")) for r in records]
+    csv = write_csv(path.with_suffix(".csv"), ["curve", "model", "checkpoint", "beta", "n_merges", "params_pct",
+                                               "flops_pct", "acc_before", "acc_after", "acc_after_std"], rows)
+    print(f"figure: {path} (numbers: {csv})")
 
 
 def cmd_fig3b(args) -> None:
     choices = {}
-    print(f"{'model':24s} {'beta':>6} {'params':>12} {'params %':>9} {'acc before':>11} {'acc after':>10}")
+    print(f"{'model':32s} {'beta':>6} {'params':>12} {'params %':>9} {'acc before':>11} {'acc after':>10}")
     rows = []
     for label, records in _curves(args.results).items():
         chosen = figures.largest_beta_within(records, args.fraction)
         if chosen is None:
-            print(f"{label:24s} no β keeps {100 * args.fraction:.0f}% of the original accuracy")
+            print(f"{label:32s} no β keeps {100 * args.fraction:.0f}% of the original accuracy")
             continue
         choices[label] = chosen
         rows.append((label, chosen["beta"], chosen["params_after"], chosen["params_pct"], chosen["acc_before"],
                      chosen["acc_after"]))
-        print(f"{label:24s} {chosen['beta']:>6g} {chosen['params_after']:>12,d} {chosen['params_pct']:>9.2f} "
+        print(f"{label:32s} {chosen['beta']:>6g} {chosen['params_after']:>12,d} {chosen['params_pct']:>9.2f} "
               f"{chosen['acc_before']:>11.2f} {chosen['acc_after']:>10.2f}")
     write_csv(Path(args.out) / "fig3b.csv", ["model", "beta", "params", "params_pct", "acc_before",
                                                      "acc_after"], rows)
+    if not choices:
+        raise IFMError(f"no β keeps {100 * args.fraction:.0f}% of the original accuracy in {args.results}")
     print(f"figure: {figures.plot_accuracy_vs_count(choices, Path(args.out) / 'fig3b.png')}")
 
 
 def cmd_fig5a(args) -> None:
-    widths = {}
+    chosen = {}
     for label, records in _curves(args.results).items():
         match = [r for r in records if abs(r["beta"] - args.beta) < 1e-12]
         if match:
-            widths[label] = match[-1]["widths"]
-    if not widths:
+            chosen[label] = match[-1]
+    if not chosen:
         raise IFMError(f"no record at beta={args.beta} in {args.results}: sweep that beta first")
-    for label, w in widths.items():
-        print(f"{label}: {list(w.values())}")
-    path = figures.plot_feature_complexity(widths, Path(args.out) / "fig5a.png", args.beta)
+    for label, r in chosen.items():
+        print(f"{label}: {list(r['widths'].values())}")
+    path = figures.plot_feature_complexity(chosen, Path(args.out) / "fig5a.png", args.beta)
     print(f"figure: {path} (and {path.with_suffix('.csv')})")
 
 
 def _state_dict(args) -> tuple[str, dict]:
+    """The checkpoint, checked against ``--arch`` (a VGG11 checkpoint is refused as a VGG16)."""
     get_architecture(args.arch)
-    return args.arch, load_state_dict_file(args.model_param)
+    state_dict = load_state_dict_file(args.model_param)
+    model_for_state_dict(args.arch, state_dict)  # IFMError naming the keys that do not fit
+    return args.arch, state_dict
+
+
+def _group_indices(spec: str, n_groups: int, arch: str) -> list[int]:
+    named = {"last": [n_groups - 1], "first12": list(range(min(12, n_groups))), "all": list(range(n_groups))}
+    if spec in named:
+        if spec == "first12" and n_groups < 12:
+            print(f"{arch} has {n_groups} merged layers, fewer than 12: showing all {n_groups}")
+        return named[spec]
+    try:
+        chosen = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise IFMError(f"--layers takes last, first12, all or group indices like 0,3,7; got {spec!r}") from None
+    bad = [k for k in chosen if not 0 <= k < n_groups]
+    if bad:
+        raise IFMError(f"--layers {bad[0]} is out of range: {arch} has {n_groups} merged layers (0..{n_groups - 1})")
+    return chosen
 
 
 def cmd_fig2a(args) -> None:
     arch, sd = _state_dict(args)
-    n_groups = len(channel_groups(arch, sd))
-    layers = {"last": [n_groups - 1], "first12": list(range(min(12, n_groups))), "all": list(range(n_groups))}.get(
-        args.layers) or [int(v) for v in args.layers.split(",")]
+    groups = channel_groups(arch, sd)
+    layers = _group_indices(args.layers, len(groups), arch)
     matrices = figures.normalized_distances(sd, arch, layers)
-    for name, m in matrices.items():
+    stats = []
+    for gi, (name, m) in zip(layers, matrices.items()):
         off = m[~torch.eye(m.shape[0], dtype=torch.bool)]
-        print(f"{name}: {m.shape[0]} features, normalised distance min {off.min():.3g} median {off.median():.3g}")
+        layer = figures.layer_name(groups[gi])
+        stats.append({"layer": layer, "group": name, "features": m.shape[0], "min": off.min().item(),
+                      "median": off.median().item(), "max": off.max().item()})
+        print(f"{layer}: {m.shape[0]} features, normalised distance min {off.min():.3g} median {off.median():.3g}")
     name = "fig2a" if args.layers == "last" else "fig7" if args.layers == "first12" else "distances"
-    print(f"figure: {figures.plot_heatmaps(matrices, Path(args.out) / f'{name}.png')}")
+    titled = {figures.layer_name(groups[gi]): m for gi, m in zip(layers, matrices.values())}
+    path = figures.plot_heatmaps(titled, Path(args.out) / f"{name}.png", title=f"{arch}, {Path(args.model_param).name}")
+    write_json(path.with_suffix(".json"), stats)
+    torch.save(titled, path.with_suffix(".pt"))
+    print(f"figure: {path} (numbers: {path.with_suffix('.json')}; matrices: {path.with_suffix('.pt')})")
 
 
 def _loaded_and_evaluator(args):
@@ -123,7 +152,9 @@ def cmd_fig2b(args) -> None:
         print("  equiv.  " + " ".join(f"{v:7.2f}" for v in curve["equivalent"]))
         print("  random  " + " ".join(f"{v:7.2f}" for v in curve["random"]))
     write_json(Path(args.out) / "fig2b.json", curves)
-    print(f"figure: {figures.plot_interpolation(curves, Path(args.out) / 'fig2b.png')}")
+    subset = figures.evaluated_subset([{"dataset": loaded.arch.dataset, "eval_samples": evaluator.total}])
+    title = f"{loaded.arch.name}: interpolating θ and π(θ) ({subset})"
+    print(f"figure: {figures.plot_interpolation(curves, Path(args.out) / 'fig2b.png', title)}")
 
 
 TABLE2_MODELS = ["cifar10:VGG13", "cifar10:VGG16", "cifar10:ResNet18", "cifar10:ResNet50",
@@ -132,27 +163,46 @@ TABLE2_MODELS = ["cifar10:VGG13", "cifar10:VGG16", "cifar10:ResNet18", "cifar10:
 
 def cmd_table2(args) -> None:
     device = str(pick_device(args.device))
-    rows = []
-    print(f"device: {device}, β={args.beta}; weights: {'random init' if not args.model_param else args.model_param}")
-    print(f"{'dataset':9s} {'model':9s} {'paper 2080Ti s/it':>18s} {'naive s/it':>11s} {'ours s/it':>10s} "
-          f"{'ours total s':>13s} {'iters':>6s} {'merges':>7s}")
+    if args.model_param and len(args.models) != 1:
+        raise IFMError("--model_param times one model: pass exactly one --models entry, e.g. --models cifar10:VGG16")
+    weights = args.model_param or (f"near-duplicate channels ({100 - 100 * args.prototypes:.0f} % of each layer "
+                                   f"noisy copies, seed 0)")
+    print(f"device: {device}, β={args.beta}, {args.repeats} timed runs after a warm-up; weights: {weights}")
+    print(f"{'dataset':9s} {'model':9s} {'paper 2080Ti s/it':>18s} {'naive s/it':>11s} {'ours s/it':>20s} "
+          f"{'ours ms/merge':>14s} {'iters':>6s} {'merges':>7s}")
+    rows, records = [], []
     for spec in args.models:
-        dataset, name = spec.split(":")
+        dataset, _, name = spec.partition(":")
+        if dataset not in ("cifar10", "imagenet") or not name:
+            raise IFMError(f"--models takes dataset:arch, e.g. cifar10:VGG16 or imagenet:resnet50; got {spec!r}")
         arch = get_architecture(name)
-        torch.manual_seed(0)
-        sd = load_state_dict_file(args.model_param) if args.model_param else arch.build(
-            10 if dataset == "cifar10" else 1000).state_dict()
-        t = figures.time_per_iteration(sd, name, args.beta, device)
+        if args.model_param:
+            sd = load_state_dict_file(args.model_param)
+            model_for_state_dict(arch, sd)  # IFMError naming the keys that do not fit
+        else:
+            sd = near_duplicate_state_dict(name, prototypes=args.prototypes,
+                                           num_classes=10 if dataset == "cifar10" else 1000)
+        t = figures.time_per_iteration(sd, name, args.beta, device, args.repeats)
         paper = figures.PAPER_TABLE2.get((dataset, name), "-")
-        rows.append((dataset, name, paper, t["naive_per_iteration_s"], t["ours_per_iteration_s"], t["total_s"],
-                     t["iterations"], t["merges"]))
-        print(f"{dataset:9s} {name:9s} {paper:>18s} {t['naive_per_iteration_s']:>11.3f} "
-              f"{t['ours_per_iteration_s']:>10.4f} {t['total_s']:>13.2f} {t['iterations']:>6d} {t['merges']:>7d}",
-              flush=True)
+        ours = f"{t['ours_per_iteration_s']:.4f} ± {t['ours_per_iteration_std']:.4f}"
+        per_merge = "-" if t["ours_per_merge_s"] is None else (f"{1e3 * t['ours_per_merge_s']:.3f} ± "
+                                                                f"{1e3 * t['ours_per_merge_std']:.3f}")
+        note = "0 merges: nothing to time but the distance pass; raise --beta" if t["merges"] == 0 else ""
+        rows.append((dataset, name, paper, t["naive_per_iteration_s"], t["ours_per_iteration_s"],
+                     t["ours_per_iteration_std"], t["ours_per_merge_s"], t["ours_per_merge_std"], t["total_s"],
+                     t["iterations"], t["merges"], note))
+        records.append({"dataset": dataset, "model": name, "paper_2080ti_s_per_iter": paper, "weights": weights,
+                        "beta": args.beta, "device": device, **t})
+        print(f"{dataset:9s} {name:9s} {paper:>18s} {t['naive_per_iteration_s']:>11.3f} {ours:>20s} "
+              f"{per_merge:>14s} {t['iterations']:>6d} {t['merges']:>7d}  {note}", flush=True)
     path = write_csv(Path(args.out) / "table2.csv", ["dataset", "model", "paper_2080ti_s_per_iter",
-                             "naive_s_per_iter", "ours_s_per_iter", "ours_total_s", "iterations", "merges"], rows)
-    print(f"table: {path}\n(naive s/it = one full distance pass over all groups, which the official loop "
-          "repeats every iteration; ours s/it = our total time / iterations)")
+                                                     "naive_s_per_iter", "ours_s_per_iter", "ours_s_per_iter_std",
+                                                     "ours_s_per_merge", "ours_s_per_merge_std", "ours_total_s",
+                                                     "iterations", "merges", "note"], rows)
+    write_json(path.with_suffix(".json"), records)
+    print(f"table: {path} (and {path.with_suffix('.json')})\n(naive s/it = one full distance pass over all groups, "
+          "which the official loop repeats every iteration; ours = our total time / iterations or / merges, "
+          "mean ± std over the timed runs)")
 
 
 def cmd_guided(args) -> None:
@@ -162,27 +212,49 @@ def cmd_guided(args) -> None:
     group = next((g for g in groups if g.members[0].key == f"{args.layer}.weight"), None)
     if group is None:
         raise IFMError(f"--layer {args.layer} is no merged conv of {arch}; e.g. "
-                       + ", ".join(g.members[0].key[:-len('.weight')] for g in groups[:4]))
+                       + ", ".join(figures.layer_name(g) for g in groups[:4]))
     result = iterative_feature_merging(sd, groups, beta=args.beta, device="cpu")
     clusters = sorted(result.clusters[group.name], key=len, reverse=True)[: args.groups]
     if not clusters or len(clusters[0]) < 2:
         raise IFMError(f"no equivalent features in {args.layer} at beta={args.beta}; try a larger --beta")
     data = evaluator.data
-    idx = datasets.spread_indices(len(data), args.images)
+    pool = torch.arange(len(data))
+    if args.image_class is not None:
+        if args.image_class not in data.classes:
+            raise IFMError(f"--class {args.image_class!r} is not a class of the data; choose one of "
+                           + ", ".join(data.classes))
+        pool = pool[data.labels == data.classes.index(args.image_class)]
+    idx = pool[datasets.spread_indices(len(pool), args.images)]
     images = data.images[idx].float() / 255
     model = model_for_state_dict(arch, sd)
     layer = _activation_after(model, args.layer)
-    maps = [(f"{len(c)} features", figures.guided_backprop(model, layer, c, images)) for c in clusters]
+
+    def row_label(cluster):
+        shown = ", ".join(map(str, cluster[:6])) + (", ..." if len(cluster) > 6 else "")
+        return f"{args.layer} β={args.beta:g}\n{len(cluster)} features\n[{shown}]"
+    maps = [(row_label(c), figures.guided_backprop(model, layer, c, images)) for c in clusters]
     print(f"{args.layer}: {len(result.clusters[group.name])} merged features; groups shown: "
           + "; ".join(str(c[:8]) + ("..." if len(c) > 8 else "") for c in clusters))
-    print(f"figure: {figures.plot_guided_grid(images, maps, Path(args.out) / 'guided_backprop.png')}")
+    path = figures.plot_guided_grid(images, maps, Path(args.out) / "guided_backprop.png",
+                                    title=f"{arch}: guided back-propagation of groups of equivalent features"
+                                          + (f" (class {args.image_class})" if args.image_class else ""))
+    write_json(path.with_suffix(".json"), {"arch": arch, "checkpoint": args.model_param, "layer": args.layer,
+                                           "hooked": layer, "beta": args.beta, "class": args.image_class,
+                                           "image_indices": idx.tolist(), "clusters": clusters})
+    print(f"figure: {path} (and {path.with_suffix('.json')})")
 
 
 def _activation_after(model: torch.nn.Module, conv: str) -> str:
-    """Name of the first ReLU module after ``conv`` (the feature maps Z), else the conv itself."""
+    """The module whose output are the feature maps Z of ``conv``: the first ReLU module after it or, for
+    models that call ReLU functionally (CIFAR ResNets), the BatchNorm after it (guided_backprop clamps
+    its output at zero: that is the ReLU); else the conv itself."""
     names = [n for n, _ in model.named_modules()]
     after = names[names.index(conv) + 1:] if conv in names else []
-    return next((n for n in after if isinstance(model.get_submodule(n), torch.nn.ReLU)), conv)
+    for kind in (torch.nn.ReLU, torch.nn.BatchNorm2d):
+        found = next((n for n in after[:3] if isinstance(model.get_submodule(n), kind)), None)
+        if found:
+            return found
+    return conv
 
 
 def main(argv=None) -> int:
@@ -205,10 +277,10 @@ def main(argv=None) -> int:
             p.add_argument("--no_progress", action="store_true")
         return p
 
-    p = add("fig3a", cmd_fig3a, "accuracy vs remaining parameters % (also Fig. 4(a)/(b))", results=True)
+    p = add("fig3a", cmd_fig3a, "accuracy vs remaining parameters %% (also Fig. 4(a)/(b))", results=True)
     p.add_argument("--name", default="fig3a")
-    p.add_argument("--title", default="IFM: accuracy vs remaining parameters")
-    p = add("fig3b", cmd_fig3b, "accuracy vs parameters at the largest β keeping 95% accuracy", results=True)
+    p.add_argument("--title", default=None, help="default: names the data set and the evaluated images")
+    p = add("fig3b", cmd_fig3b, "accuracy vs parameters at the largest β keeping 95%% accuracy", results=True)
     p.add_argument("--fraction", type=float, default=0.95)
     p = add("fig5a", cmd_fig5a, "feature complexity of every layer at a β", results=True)
     p.add_argument("--beta", type=float, default=0.1)
@@ -216,18 +288,23 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default="last", help="last, first12, all, or group indices 0,1,2")
     p = add("fig2b", cmd_fig2b, "accuracy along θ -> π(θ), equivalent vs random features", model=True, data=True)
     p.add_argument("--betas", type=float, nargs="+", default=[0.1])
-    p.add_argument("--lambdas", default="0,0.25,0.5,0.75,1")
+    p.add_argument("--lambdas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
     p.add_argument("--seed", type=int, default=0)
     p = add("table2", cmd_table2, "time per IFM iteration (ours and naive) next to the paper's Table 2")
     p.add_argument("--models", nargs="+", default=TABLE2_MODELS, help="dataset:arch, e.g. cifar10:VGG16")
-    p.add_argument("--model_param", default=None, help="weights for a single model (default: random init)")
+    p.add_argument("--model_param", default=None,
+                   help="weights of the one model in --models (default: random init with near-duplicate channels)")
     p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--prototypes", type=float, default=0.75,
+                   help="generated weights: this fraction of each layer's channels is kept, the rest are noisy copies")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
     p.add_argument("--device", default=None)
     p = add("guided", cmd_guided, "guided back-propagation of groups of equivalent features", model=True, data=True)
     p.add_argument("--layer", default="features.24", help="a merged conv, e.g. features.24 of VGG16")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--groups", type=int, default=3)
     p.add_argument("--images", type=int, default=6)
+    p.add_argument("--class", dest="image_class", default=None, help="show images of this class, e.g. truck")
     args = parser.parse_args(argv)
     try:
         args.fn(args)

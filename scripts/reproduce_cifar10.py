@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.cli import cli_main  # noqa: E402
+from ifm.device import configure_threads  # noqa: E402
 from ifm.reproduction import DEFAULT_MODELS, KNOWN_MODELS, PROFILES, ReproductionSettings, reproduce  # noqa: E402
 
 
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
+    configure_threads()
     settings = ReproductionSettings(args.profile, tuple(args.models), args.data_root, args.out, args.device,
                                     args.precision, args.seed, not args.no_progress, tuple(args.bn_modes))
     return cli_main(lambda: reproduce(settings))

@@ -9,7 +9,7 @@ from PIL import Image
 
 import models
 from ifm import channel_groups
-from tests.helpers import copy_channel
+from ifm.synthetic import copy_channel
 
 
 def make_image_folder(root: Path, splits: dict[str, int], size: int = 32, classes: int = 10, seed: int = 0) -> Path:

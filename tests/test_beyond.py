@@ -8,7 +8,8 @@ from ifm.beyond import (channel_scores, fold_batchnorm, prune_to_widths, recalib
                         without_bn_statistics)
 from ifm.io import read_jsonl
 from ifm.selfmerge import cli
-from tests.helpers import copy_channel, randomize_bn
+from ifm.synthetic import copy_channel
+from tests.helpers import randomize_bn
 
 
 def _vgg_with_duplicates():

@@ -51,7 +51,10 @@ def test_fig3a_fig3b_fig5a_from_sweep_records(swept, tmp_path, capsys):
     assert chosen["beta"] == expected["beta"]
     csv_rows = (tmp_path / "fig5a.csv").read_text().splitlines()
     widths_08 = next(r for r in records if r["beta"] == 0.8)["widths"]
-    assert len(csv_rows) == 1 + len(widths_08) and csv_rows[1].endswith(f",{list(widths_08.values())[0]}")
+    record_08 = next(r for r in records if r["beta"] == 0.8)
+    assert len(csv_rows) == 1 + len(widths_08)
+    assert csv_rows[1].split(",")[3:] == [str(list(widths_08.values())[0]),
+                                          str(list(record_08["original_widths"].values())[0])]
     assert reproduce.main(["fig5a", "--results", results, "--beta", "0.55", "--out", str(tmp_path)]) == 2
 
 
@@ -102,11 +105,27 @@ def test_permuted_weights_at_lambda_one_compute_the_same_function(tiny_checkpoin
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_table2_small(tmp_path, capsys):
+def test_table2_small(tmp_path, capsys, tiny_checkpoints):
     assert reproduce.main(["table2", "--models", "cifar10:VGG13", "cifar10:ResNet18", "--device", "cpu",
-                           "--out", str(tmp_path)]) == 0
+                           "--repeats", "2", "--out", str(tmp_path)]) == 0
     rows = (tmp_path / "table2.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("cifar10,VGG13,0.018 ± 0.003,")
+    records = json.loads((tmp_path / "table2.json").read_text())
+    for r in records:  # the default weights merge (a quarter of every layer is near-duplicate)
+        assert r["merges"] > 0 and r["iterations"] > 0 and r["repeats"] == 2
+        assert r["ours_per_merge_s"] == pytest.approx(r["ours_per_iteration_s"] * r["iterations"] / r["merges"])
+    assert reproduce.main(["table2", "--models", "cifar10:VGG16", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--out", str(tmp_path)]) == 2
+    assert "do not fit VGG16" in capsys.readouterr().err
+    assert reproduce.main(["table2", "--models", "cifar10:VGG11", "cifar10:VGG13", "--model_param",
+                           str(tiny_checkpoints["VGG11"]), "--out", str(tmp_path)]) == 2
+    import models
+    torch.manual_seed(0)
+    torch.save(models.create_model("VGG11", width=0.125).state_dict(), tmp_path / "random.pt")
+    capsys.readouterr()
+    assert reproduce.main(["table2", "--models", "cifar10:VGG11", "--model_param", str(tmp_path / "random.pt"),
+                           "--beta", "0.01", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert "0 merges: nothing to time" in capsys.readouterr().out
 
 
 def test_guided_backprop(tiny_checkpoints, cifar_root, tmp_path):
@@ -126,3 +145,90 @@ def test_guided_backprop_zeroes_other_features():
     with torch.no_grad():
         model[0].weight[1:] = 0  # other features cannot matter
     assert torch.allclose(only_0, guided_backprop(model, "1", [0], x))
+
+
+def _rec(beta, acc, **fields):
+    base = {"model": "VGG11", "dataset": "cifar10", "checkpoint": "runA/params/model_epoch149.pt",
+            "checkpoint_digest": "aaaa1111", "method": "ifm", "bn_mode": "official", "recalibrate_bn": 0,
+            "order": "official", "max_ratio": 1.0, "eval_samples": 100, "beta": beta, "acc_before": 90.0,
+            "acc_after": acc, "params_pct": 100 - 100 * beta, "original_widths": {"perm_features.0": 64}}
+    return {**base, **fields}
+
+
+def test_curves_are_split_by_every_setting_and_labelled_uniquely():
+    from ifm.figures import curves_by_setting
+    records = [_rec(0.1, 89), _rec(0.2, 80), _rec(0.1, 88, bn_mode="fold"), _rec(0.1, 89.5, recalibrate_bn=2000),
+               _rec(0.1, 70, method="random", acc_after_std=1.5),
+               _rec(0.1, 60, checkpoint="runB/params/model_epoch149.pt", checkpoint_digest="bbbb2222"),
+               _rec(0.1, 50, checkpoint="runC/params/model_epoch149.pt", checkpoint_digest="cccc3333",
+                    original_widths={"perm_features.0": 16}),
+               _rec(0.1, 85, acc_after=None)]
+    curves = curves_by_setting(records)
+    assert len(curves) == 6 and sum(len(v) for v in curves.values()) == 7
+    labels = list(curves)
+    assert len(set(labels)) == 6
+    assert any("runB/model_epoch149" in label for label in labels)
+    assert any(label.startswith("VGG11 ×0.25") for label in labels)  # 16 of 64 channels
+    assert any("BN fold" in label for label in labels) and any("random pruning" in label for label in labels)
+    assert any("BN recalibrated on 2000" in label for label in labels)
+    official = next(v for k, v in curves.items() if "runA" in k and "BN official" in k and "IFM" in k
+                    and "no BN recalibration" in k)
+    assert [r["beta"] for r in official] == [0.1, 0.2]
+
+
+def test_imagenet_weights_of_one_architecture_get_their_own_curves():
+    from ifm.figures import curves_by_setting
+    v1 = _rec(0.1, 75, model="resnet50", dataset="imagenet", checkpoint="torchvision:resnet50.IMAGENET1K_V1",
+              checkpoint_digest="tv:resnet50:IMAGENET1K_V1")
+    v2 = {**v1, "checkpoint": "torchvision:resnet50.IMAGENET1K_V2", "checkpoint_digest": "tv:resnet50:IMAGENET1K_V2",
+          "acc_after": 79}
+    assert sorted(curves_by_setting([v1, v2])) == ["resnet50, resnet50.IMAGENET1K_V1", "resnet50, resnet50.IMAGENET1K_V2"]
+    same_name = {**v2, "checkpoint": "torchvision:resnet50.IMAGENET1K_V1"}  # same label, other weights
+    labels = sorted(curves_by_setting([v1, same_name]))
+    assert len(labels) == 2 and labels[0] != labels[1]
+
+
+def test_guided_backprop_is_guided_for_functional_relus_and_zero_outside_the_cluster():
+    """A CIFAR ResNet calls F.relu: its maps must differ from plain gradients, and features outside the
+    cluster must not matter."""
+    from ifm.figures import guided_backprop
+    import models
+
+    torch.manual_seed(0)
+    model = models.create_model("ResNet18", width=0.125).eval()
+    x = torch.rand(2, 3, 32, 32)
+    guided = guided_backprop(model, "layer3.0.bn1", [0, 3], x)
+    plain_x = x.clone().requires_grad_(True)
+    out = {}
+    handle = model.layer3[0].bn1.register_forward_hook(lambda m, i, o: out.__setitem__("z", o))
+    model(plain_x)
+    handle.remove()
+    out["z"][:, [0, 3]].clamp(min=0).sum().backward()
+    assert guided.abs().sum() > 0 and not torch.allclose(guided, plain_x.grad)
+    with torch.no_grad():  # weights of the other features of that layer cannot matter
+        model.layer3[0].conv1.weight[[1, 2] + list(range(4, model.layer3[0].conv1.weight.shape[0]))] = 0
+    torch.testing.assert_close(guided_backprop(model, "layer3.0.bn1", [0, 3], x), guided)
+
+
+def test_guided_figure_for_a_class_writes_its_numbers(tiny_checkpoints, cifar_root, tmp_path):
+    assert reproduce.main(["guided", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--data_root", str(cifar_root), "--layer", "features.11", "--beta", "0.6",
+                           "--images", "3", "--class", "class03", "--out", str(tmp_path), "--no_progress"]) == 0
+    info = json.loads((tmp_path / "guided_backprop.json").read_text())
+    assert info["class"] == "class03" and len(info["image_indices"]) == 3 and info["clusters"]
+    assert all(12 <= i < 16 for i in info["image_indices"])  # the 4 test images of class 3
+    assert reproduce.main(["guided", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--data_root", str(cifar_root), "--layer", "features.11", "--beta", "0.6",
+                           "--class", "truck", "--out", str(tmp_path), "--no_progress"]) == 2
+
+
+def test_fig2a_refuses_weights_of_another_architecture(tiny_checkpoints, tmp_path, capsys):
+    assert reproduce.main(["fig2a", "--arch", "VGG16", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--out", str(tmp_path)]) == 2
+    assert "do not fit VGG16" in capsys.readouterr().err
+    assert reproduce.main(["fig2a", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
+                           "--layers", "first12", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "VGG11 has 8 merged layers, fewer than 12" in out
+    stats = json.loads((tmp_path / "fig7.json").read_text())
+    assert [s["layer"] for s in stats][:2] == ["features.0", "features.4"] and len(stats) == 8

@@ -125,3 +125,26 @@ def test_cifar_decoding_bar_follows_progress(cifar_root, capsys, progress):
     data = load_cifar10(cifar_root, "test", progress=progress)
     assert len(data) == 40
     assert ("decoding test" in capsys.readouterr().err) == progress
+
+
+HELP_COMMANDS = ([[p.name] for p in sorted(ROOT.glob("*.py"))] + [[f"scripts/{p.name}"] for p in
+                 sorted((ROOT / "scripts").glob("*.py"))] + [["scripts/reproduce.py", c] for c in
+                 ["fig3a", "fig3b", "fig5a", "fig2a", "fig2b", "table2", "guided"]])
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_prints_its_help(command, monkeypatch, capsys):
+    import runpy
+    monkeypatch.setattr(sys, "argv", [str(ROOT / command[0]), *command[1:], "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / command[0]), run_name="__main__")
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_the_readme_library_snippet_runs_as_pasted():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### As a library"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].n_merges > 0 and namespace["count_params"](namespace["slim"]) > 0

@@ -193,3 +193,34 @@ def test_bad_device_names_fail_clearly(name, message):
         pytest.skip("CUDA is present")
     with pytest.raises(IFMError, match=message):
         pick_device(name)
+
+
+def test_resume_uses_the_runs_own_config(cifar_root, tmp_path, capsys):
+    """--resume without repeating the start's --set overrides continues the same run; only safe keys change."""
+    start = ["--cfg", str(VGG11_CFG), "--prefix", "r", "--data_root", str(cifar_root), "--no_progress", "--set",
+             *TINY, f"output_dir={tmp_path}"]
+    assert train_model.main(start) == 0
+    resume = ["--cfg", str(VGG11_CFG), "--prefix", "r", "--resume", "--no_progress", "--set", f"output_dir={tmp_path}"]
+    assert train_model.main(resume + ["train.epochs=2"]) == 0
+    (run_dir,) = tmp_path.glob("*/r_vgg11_training")
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
+    capsys.readouterr()
+    assert train_model.main(resume + ["train.epochs=3", "model.width=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "model.width" in err and "cannot change on --resume" in err and "Traceback" not in err
+    (run_dir / "state" / "last.pt").write_bytes(b"truncated")
+    assert train_model.main(resume + ["train.epochs=3"]) == 2
+    assert "cannot resume from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,expected", [("1", 1), ("2", 2), ("", None), ("x", None)])
+def test_thread_count_follows_omp_num_threads(monkeypatch, value, expected):
+    import os
+    from ifm.device import configure_threads
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    try:
+        threads = configure_threads()
+        assert threads == torch.get_num_threads() == (expected or len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(before)
