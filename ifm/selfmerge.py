@@ -190,14 +190,22 @@ class Evaluator:
 # --------------------------------------------------------------------------------------- running
 def merge_loaded(loaded: LoadedModel, args: argparse.Namespace, device: torch.device) -> MergeResult:
     """IFM on the loaded weights with the arguments' β, max_ratio, order, stages, dtype and BN mode."""
+    return merge_weights(loaded, args.threshold, max_ratio=args.max_ratio, order=args.order, dtype=args.dtype,
+                         bn_mode=getattr(args, "bn_mode", "official"), stages=getattr(args, "stages", None),
+                         device=device, progress=not args.no_progress)
+
+
+def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, order: str = "official",
+                  dtype: str = "float64", bn_mode: str = "official", stages: Sequence[int] | None = None,
+                  device: torch.device | str = "cpu", progress: bool = False) -> MergeResult:
+    """IFM on the loaded weights; ``bn_mode="fold"`` folds BN into the convs first (beyond the paper)."""
     state_dict = loaded.state_dict
-    groups = channel_groups(loaded.arch, state_dict, getattr(args, "stages", None))
-    fold = getattr(args, "bn_mode", "official") == "fold"
+    groups = channel_groups(loaded.arch, state_dict, stages)
+    fold = bn_mode == "fold"
     if fold:
         state_dict, groups = beyond.fold_batchnorm(state_dict), beyond.without_bn_statistics(groups)
-    result = iterative_feature_merging(state_dict, groups, beta=args.threshold, max_ratio=args.max_ratio,
-                                       order=args.order, dtype=getattr(torch, args.dtype), device=device,
-                                       progress=not args.no_progress)
+    result = iterative_feature_merging(state_dict, groups, beta=beta, max_ratio=max_ratio, order=order,
+                                       dtype=getattr(torch, dtype), device=device, progress=progress)
     if fold:
         result.state_dict = beyond.reset_identity_bn(result.state_dict)
     return result

@@ -7,6 +7,7 @@
     python scripts/reproduce.py fig2b  --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --betas 0.1
     python scripts/reproduce.py table2 --device cpu
     python scripts/reproduce.py guided --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --layer features.24
+    python scripts/reproduce.py equivalence --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --betas 0.1 0.2
 """
 from __future__ import annotations
 
@@ -244,6 +245,43 @@ def cmd_guided(args) -> None:
     print(f"figure: {path} (and {path.with_suffix('.json')})")
 
 
+def cmd_equivalence(args) -> None:
+    from dataclasses import asdict
+
+    from ifm.equivalence import measure_equivalence, plot_equivalence
+    from ifm.selfmerge import merge_weights
+    loaded, evaluator = _loaded_and_evaluator(args)
+    if loaded.arch.dataset != "cifar10":
+        raise IFMError("the equivalence measurement runs on CIFAR VGGs; use --arch VGG11/13/16/19")
+    device = pick_device(args.device)
+    train = datasets.load_cifar10(args.data_root, "train", progress=not args.no_progress)
+    train = train.subset(datasets.spread_indices(len(train), args.train_samples))
+    groups = channel_groups(loaded.arch, loaded.state_dict)
+    merged = {}
+    for beta in args.betas:
+        result = merge_weights(loaded, beta, bn_mode=args.bn_mode, device="cpu")
+        merged[beta] = (model_for_state_dict(loaded.arch, result.state_dict), result.clusters)
+        print(f"β={beta:g}: {result.n_merges} merges")
+    rows = measure_equivalence(loaded.model, merged, groups, evaluator.data, train, device, loaded.normalize,
+                               debiased=args.debiased, progress=not args.no_progress)
+    print(f"{'beta':>5} {'layer':12s} {'width':>9s} {'CKA':>6s} {'stitch':>7s} {'reverse':>8s} {'merged':>7s} "
+          f"{'cluster r':>9s} {'random r':>8s}")
+    for r in rows:
+        corr = "-" if r.cluster_correlation is None else f"{r.cluster_correlation:.3f}"
+        print(f"{r.beta:>5g} {r.layer:12s} {r.features_merged:>4d}/{r.features_original:<4d} {r.cka:>6.3f} "
+              f"{r.stitched_acc:>7.2f} {r.reverse_stitched_acc:>8.2f} {r.merged_acc:>7.2f} {corr:>9s} "
+              f"{r.random_pair_correlation:>8.3f}")
+    print(f"original accuracy {rows[0].original_acc:.2f}% on {evaluator.total} test images; stitches fitted on "
+          f"{len(train)} training images; BN {args.bn_mode}{', debiased CKA' if args.debiased else ''}")
+    out = Path(args.out)
+    csv = write_csv(out / "equivalence.csv", list(asdict(rows[0])), [list(asdict(r).values()) for r in rows])
+    subset = figures.evaluated_subset([{"dataset": "cifar10", "eval_samples": evaluator.total}])
+    path = plot_equivalence(rows, out / "equivalence.png",
+                            title=f"{loaded.arch.name} ({Path(args.model_param).name}) vs IFM-merged, BN {args.bn_mode}"
+                                  f" ({subset})")
+    print(f"figure: {path} (numbers: {csv})")
+
+
 def _activation_after(model: torch.nn.Module, conv: str) -> str:
     """The module whose output are the feature maps Z of ``conv``: the first ReLU module after it or, for
     models that call ReLU functionally (CIFAR ResNets), the BatchNorm after it (guided_backprop clamps
@@ -305,6 +343,12 @@ def main(argv=None) -> int:
     p.add_argument("--groups", type=int, default=3)
     p.add_argument("--images", type=int, default=6)
     p.add_argument("--class", dest="image_class", default=None, help="show images of this class, e.g. truck")
+    p = add("equivalence", cmd_equivalence, "CKA, linear stitching and cluster correlation of merged features",
+            model=True, data=True)
+    p.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.2])
+    p.add_argument("--train_samples", type=int, default=2000, help="training images to fit the stitching maps")
+    p.add_argument("--bn_mode", default="official", choices=["official", "fold"])
+    p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC) instead of the plain one")
     args = parser.parse_args(argv)
     try:
         args.fn(args)
