@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from .archs import channel_groups, model_for_state_dict
 from .io import write_csv
-from .merge import IterativeMerger, iterative_feature_merging
+from .merge import IterativeMerger, distance_matrices, iterative_feature_merging
 from .permute import permute_channels
 from .plots import pyplot, save_figure
 
@@ -164,14 +164,8 @@ def plot_feature_complexity(records_by_model: Mapping[str, Mapping], path: str |
 def normalized_distances(state_dict: Mapping[str, Tensor], arch: str, layers: Sequence[int] | None = None
                          ) -> dict[str, Tensor]:
     """Eq. 6 distance matrices of the chosen groups (indices into the group list), divided by their max."""
-    groups = channel_groups(arch, state_dict)
-    merger = IterativeMerger(state_dict, groups, device="cpu")
-    chosen = range(len(groups)) if layers is None else layers
-    out = {}
-    for gi in chosen:
-        dist = merger.distances(gi)
-        out[groups[gi].name] = (dist / dist.max().clamp(min=1e-300)).float()
-    return out
+    matrices = distance_matrices(state_dict, channel_groups(arch, state_dict), layers)
+    return {name: (dist / dist.max().clamp(min=1e-300)).float() for name, dist in matrices.items()}
 
 
 def layer_name(group) -> str:

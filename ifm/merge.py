@@ -27,6 +27,7 @@ import torch
 from . import kernels
 from .blas import syrk_upper
 from .device import default_device
+from .errors import IFMError
 from .gram import GroupGram, gram_matrix
 from .groups import ChannelGroup
 
@@ -182,8 +183,12 @@ class IterativeMerger:
         member_keys = {m.key for g in self.groups for m in g.members}
         # Merged in place on the CPU, as NumPy arrays (and tensor views of them); made by NumPy, which
         # needs no thread pool (PyTorch's threads would spin against the BLAS threads).
-        self.arrays = arrays = {k: np.array(state_dict[k].detach().cpu().numpy(), _numpy_dtype(dtype))
-                                for k in member_keys}
+        self.arrays = arrays = {k: np.array(_as_numpy(state_dict[k]), _numpy_dtype(dtype)) for k in member_keys}
+        bad = next((k for k in sorted(member_keys) if not np.isfinite(arrays[k]).all()), None)
+        if bad is not None:
+            raise IFMError(f"{bad} holds non-finite values (inf or NaN): IFM needs finite weights; "
+                           "check the checkpoint (a diverged training?)")
+        self.ran = False
         owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         linked: list[set[tuple[str, int]]] = [set() for _ in self.groups]  # members merged by a link
@@ -290,8 +295,12 @@ class IterativeMerger:
 
     def run(self, beta: float, max_ratio: float = 1.0, order: Order = "official",
             progress: bool = False) -> MergeResult:
-        """Merge until Eq. 9 stops every group (or ``max_ratio`` caps it)."""
+        """Merge until Eq. 9 stops every group (or ``max_ratio`` caps it). A merger runs once: it merges its
+        copy of the weights in place (build a new one, or call :func:`iterative_feature_merging`)."""
         check_hyperparameters(beta, max_ratio)
+        if self.ran:
+            raise RuntimeError("this IterativeMerger has run already and holds merged weights; build a new one")
+        self.ran = True
         start = time.perf_counter()
         log: list[MergeStep] = []
         bar = _progress_bar(progress, sum(s.n0 for s in self.states))
@@ -345,13 +354,20 @@ class IterativeMerger:
             rows = np.arange(n_rows) if rows is None else rows
             cols = np.arange(n_cols) if cols is None else cols
             grid = w.reshape(n_rows, n_cols, -1)
-            dtype = _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
+            half = source.dtype in (torch.float16, torch.bfloat16)  # gathered in float32, then cast
+            dtype = np.float32 if half else _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
             gathered = np.empty((len(rows), len(cols), grid.shape[2]), dtype)
             kernels.gather_channels(grid, rows, cols, gathered)
             shape = (len(rows), *source.shape[1:]) if (key, 1) not in keep else \
                 (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
             out[key] = torch.from_numpy(gathered.reshape(shape)).to(source.device, source.dtype)
         return out
+
+
+def _as_numpy(tensor: Tensor) -> np.ndarray:
+    """A CPU NumPy view of a weight; half-precision weights (NumPy has no bfloat16) go through float32."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).numpy()
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -373,6 +389,15 @@ def _progress_bar(enabled: bool, total: int):
         return _NullBar()
     from tqdm.auto import tqdm
     return tqdm(total=total, desc="IFM merges", unit="merge", leave=False)
+
+
+def distance_matrices(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                      indices: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """Eq. 6 distance matrices of the chosen groups (indices into ``groups``; default all), by group name,
+    in float64 and the official channel order."""
+    merger = IterativeMerger(state_dict, groups, device="cpu")
+    chosen = range(len(merger.groups)) if indices is None else indices
+    return {merger.groups[gi].name: merger.distances(gi) for gi in chosen}
 
 
 def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],

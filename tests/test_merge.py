@@ -255,3 +255,45 @@ def test_bad_hyperparameters_raise(beta, max_ratio):
     sd, groups = _one_group_net(4)
     with pytest.raises(ValueError, match="beta|max_ratio"):
         iterative_feature_merging(sd, groups, beta=beta, max_ratio=max_ratio)
+
+
+def test_a_merger_runs_once():
+    torch.manual_seed(0)
+    sd = models.create_model("VGG11", width=0.125).state_dict()
+    merger = IterativeMerger(sd, channel_groups("VGG11", sd))
+    merger.run(beta=0.5)
+    with pytest.raises(RuntimeError, match="has run already"):
+        merger.run(beta=0.5)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_weights_are_an_input_error(bad):
+    from ifm.errors import IFMError
+    torch.manual_seed(0)
+    sd = models.create_model("VGG11", width=0.125).state_dict()
+    sd["features.4.weight"][3, 0, 0, 0] = bad
+    with pytest.raises(IFMError, match="features.4.weight holds non-finite values"):
+        iterative_feature_merging(sd, channel_groups("VGG11", sd), beta=0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoints_merge_like_their_float32_copy(dtype):
+    torch.manual_seed(0)
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in
+          models.create_model("VGG11", width=0.125).state_dict().items()}
+    as_float = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    groups = channel_groups("VGG11", sd)
+    half = iterative_feature_merging(sd, groups, beta=0.85)
+    full = iterative_feature_merging(as_float, groups, beta=0.85)
+    assert half.merge_log == full.merge_log and half.n_merges > 0
+    assert all(v.dtype == sd[k].dtype for k, v in half.state_dict.items())
+
+
+def test_distance_matrices_match_the_naive_distances():
+    from ifm import distance_matrices
+    torch.manual_seed(0)
+    sd = models.create_model("VGG11", width=0.125).state_dict()
+    groups = channel_groups("VGG11", sd)
+    matrices = distance_matrices(sd, groups, [2])
+    direct = naive_distance({k: v.double() for k, v in sd.items()}, groups[2].members, groups[2].width)
+    torch.testing.assert_close(matrices[groups[2].name], direct, rtol=1e-9, atol=1e-9)
