@@ -52,18 +52,33 @@ def test_recalibration_sets_running_statistics_to_the_data_statistics():
     with torch.no_grad():
         y = model[0](x)
     torch.testing.assert_close(model[1].running_mean, y.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    # the cumulative average of the two batches' unbiased variances
+    halves = [y[:16], y[16:]]
+    expected_var = sum(h.var(dim=(0, 2, 3), unbiased=True) for h in halves) / 2
+    torch.testing.assert_close(model[1].running_var, expected_var, rtol=1e-4, atol=1e-5)
     assert not model.training
 
 
 def test_l1_and_random_pruning_keep_the_requested_widths():
     sd, groups = _vgg_with_duplicates()
+    w0 = sd["features.0.weight"]  # 8 channels: four with many small weights, four with one large weight
+    w0.zero_()
+    w0[:4] = 0.1  # L1 2.7, L2 0.27
+    w0[4:, 0, 0, 0] = 1.5  # L1 1.5, L2 2.25
+    w0 += 0.001 * torch.arange(w0.numel()).reshape(w0.shape) / w0.numel()  # no ties
     widths = {g.name: max(1, g.width // 2) for g in groups}
     pruned = prune_to_widths(sd, groups, widths, "l1")
     model = model_for_state_dict("VGG11", pruned)
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
     first = groups[0]
-    keep = channel_scores(sd, first).topk(widths[first.name]).indices.sort().values
+    # the L1 norm of each channel's producing weights (conv rows and conv bias), computed here directly
+    l1 = sd["features.0.weight"].abs().sum(dim=(1, 2, 3)).double()
+    assert sd["features.0.weight"].ndim == 4
+    torch.testing.assert_close(channel_scores(sd, first), l1)
+    keep = l1.topk(widths[first.name]).indices.sort().values
     torch.testing.assert_close(pruned["features.0.weight"], sd["features.0.weight"][keep])
+    l2 = sd["features.0.weight"].pow(2).sum(dim=(1, 2, 3)).double()
+    assert set(l2.topk(widths[first.name]).indices.tolist()) != set(keep.tolist())  # the test tells L1 from L2
     r0, r1 = (prune_to_widths(sd, groups, widths, "random", seed) for seed in (0, 1))
     assert r0["features.0.weight"].shape == pruned["features.0.weight"].shape
     assert not torch.equal(r0["features.0.weight"], r1["features.0.weight"])

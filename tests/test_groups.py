@@ -84,14 +84,22 @@ def test_permuting_every_group_preserves_outputs(name):
     stages = [1, 2, 3, 4] if arch.is_resnet else None
     groups = channel_groups(name, sd, stages=stages)
     perms = {g.name: torch.randperm(g.width) for g in groups}
-    permuted = type(model)  # same class, same shapes
+    permuted_sd = permute_channels(sd, groups, perms)
+    assert any(not torch.equal(permuted_sd[k], v) for k, v in sd.items())  # the weights did move
     other = __import__("copy").deepcopy(model)
-    other.load_state_dict(permute_channels(sd, groups, perms))
+    other.load_state_dict(permuted_sd)
     size = 32 if arch.dataset == "cifar10" else 64
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        torch.testing.assert_close(other(x), model(x), rtol=1e-4, atol=1e-4)
-    assert permuted is type(other)
+        reference = model(x)
+        torch.testing.assert_close(other(x), reference, rtol=1e-4, atol=1e-4)
+        same = (other(x) - reference).abs().max()
+        # negative control: leaving the producing rows of the last group unpermuted changes the function
+        key = groups[-1].members[0].key
+        broken = dict(permuted_sd)
+        broken[key] = sd[key]
+        other.load_state_dict(broken)
+        assert (other(x) - reference).abs().max() > 10 * max(same, 1e-6)
 
 
 def test_chain_spaces_work_for_a_custom_model():
@@ -100,3 +108,33 @@ def test_chain_spaces_work_for_a_custom_model():
     assert [g.width for g in groups] == [6, 8, 5, 7]
     assert ("6.weight", 1) not in groups[0].members
     assert ("8.weight", 1) in groups[2].members  # flattened: 4 positions per channel
+
+
+def _vgg_closed_form(name: str) -> tuple[int, int]:
+    """FLOPs (2 per multiply-add of convs and the linear) and parameters of a CIFAR VGG, by hand."""
+    from models.vgg import VGG_CFGS
+    flops, params, c_in, size = 0, 0, 3, 32
+    for c in VGG_CFGS[name]:
+        if c == "M":
+            size //= 2
+            continue
+        flops += 2 * size * size * c * c_in * 9
+        params += c * c_in * 9 + c + 2 * c  # conv weight and bias, BN weight and bias
+        c_in = c
+    return flops + 2 * c_in * 10, params + c_in * 10 + 10
+
+
+@pytest.mark.parametrize("name", ["VGG11", "VGG16"])
+def test_flops_and_params_match_the_closed_form(name):
+    from ifm.metrics import count_flops, count_params
+    model = models.create_model(name)
+    flops, params = _vgg_closed_form(name)
+    assert (count_flops(model, (3, 32, 32)), count_params(model)) == (flops, params)
+    if name == "VGG11":
+        assert flops == 305_539_072 and params == 9_231_114
+
+
+def test_resnet18_counts_are_pinned():
+    from ifm.metrics import count_flops, count_params
+    model = models.create_model("ResNet18")
+    assert (count_flops(model, (3, 32, 32)), count_params(model)) == (1_110_845_440, 11_173_962)

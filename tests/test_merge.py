@@ -247,6 +247,10 @@ def test_float32_option_and_input_not_modified():
     r64 = iterative_feature_merging(sd, groups, beta=0.3)
     r32 = iterative_feature_merging(sd, groups, beta=0.3, dtype=torch.float32)
     assert r64.widths == r32.widths and r64.n_merges > 0
+    assert [(s.iteration, s.group, s.i, s.j) for s in r64.merge_log] == \
+        [(s.iteration, s.group, s.i, s.j) for s in r32.merge_log]  # same merges in the same order
+    assert [s.distance for s in r32.merge_log] == pytest.approx([s.distance for s in r64.merge_log], rel=1e-4,
+                                                                abs=1e-6)
     assert all(torch.equal(before[k], sd[k]) for k in sd)
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import reproduce  # noqa: E402
 import sweep as sweep_script  # noqa: E402
-from ifm import channel_groups, iterative_feature_merging, permute_channels  # noqa: E402
+from ifm import channel_groups, iterative_feature_merging  # noqa: E402
 from ifm.figures import equivalence_permutations, largest_beta_within, random_permutations  # noqa: E402
 from ifm.io import read_jsonl  # noqa: E402
 from tests.naive_reference import naive_distance  # noqa: E402
@@ -88,21 +88,32 @@ def test_fig2b_endpoints_and_files(tiny_checkpoints, cifar_root, tmp_path):
                            "--data_root", str(cifar_root), "--betas", "0.6", "--lambdas", "0,0.5,1",
                            "--out", str(tmp_path), "--no_progress"]) == 0
     (curve,) = json.loads((tmp_path / "fig2b.json").read_text())
-    assert curve["equivalent"][0] == curve["random"][0]  # λ = 0 is θ itself
+    from ifm import model_for_state_dict
+    from ifm.data import load_cifar10
+    from ifm.evaluate import evaluate, tensor_batches
+    from ifm.io import load_state_dict_file
+    test = load_cifar10(cifar_root, "test", progress=False)
+    model = model_for_state_dict("VGG11", load_state_dict_file(tiny_checkpoints["VGG11"]))
+    original = evaluate(model, tensor_batches(test, 64, "cpu"), len(test), progress=False).accuracy
+    assert curve["equivalent"][0] == curve["random"][0] == pytest.approx(original)  # λ = 0 is θ itself
     assert curve["moved_features"] > 0 and (tmp_path / "fig2b.png").stat().st_size > 0
 
 
-def test_permuted_weights_at_lambda_one_compute_the_same_function(tiny_checkpoints):
+def test_the_equivalence_permutation_moves_exactly_the_clusters_channels(tiny_checkpoints):
+    """π of Fig. 2(b) swaps features only inside IFM's clusters, and every clustered feature moves."""
     from ifm.io import load_state_dict_file
-    from ifm import model_for_state_dict
     sd = load_state_dict_file(tiny_checkpoints["VGG11"])
     groups = channel_groups("VGG11", sd)
     result = iterative_feature_merging(sd, groups, beta=0.6)
-    perms, _ = equivalence_permutations(result.clusters, result.original_widths)
-    x = torch.rand(2, 3, 32, 32)
-    a = model_for_state_dict("VGG11", sd).eval()(x)
-    b = model_for_state_dict("VGG11", permute_channels(sd, groups, perms)).eval()(x)
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    perms, moved = equivalence_permutations(result.clusters, result.original_widths)
+    assert sum(moved.values()) > 0
+    for group in groups:
+        perm = perms[group.name]
+        clustered = {c for cluster in result.clusters[group.name] if len(cluster) > 1 for c in cluster}
+        assert {int(k) for k in torch.nonzero(perm != torch.arange(group.width)).flatten()} == clustered
+        for cluster in result.clusters[group.name]:
+            assert {int(perm[c]) for c in cluster} == set(cluster)  # a cluster maps onto itself
+        assert moved[group.name] == len(clustered)
 
 
 def test_table2_small(tmp_path, capsys, tiny_checkpoints):
