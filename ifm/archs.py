@@ -74,6 +74,8 @@ def channel_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor],
     arch = get_architecture(arch) if isinstance(arch, str) else arch
     if stages is not None and not arch.is_resnet:
         raise IFMError(f"--stages applies to ResNets only, not {arch.name}")
+    if stages is not None and (not list(stages) or not set(stages) <= {1, 2, 3, 4}):
+        raise IFMError(f"ResNet stages are 1, 2, 3 and 4; got {list(stages)} (the official choice is 3 4)")
     return build_groups(state_dict, arch.spaces(state_dict, stages or RESNET_OFFICIAL_STAGES))
 
 

@@ -30,12 +30,13 @@ class TensorImages:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    source: str = ""  # identifies the files' content (names, labels, sizes, times), for caches
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: torch.Tensor) -> "TensorImages":
-        return TensorImages(self.images[indices], self.labels[indices], self.classes)
+        return TensorImages(self.images[indices], self.labels[indices], self.classes, self.source)
 
 
 def spread_indices(length: int, n: int | None) -> torch.Tensor:
@@ -43,7 +44,7 @@ def spread_indices(length: int, n: int | None) -> torch.Tensor:
     if n is None or n >= length:
         return torch.arange(length)
     if n <= 0:
-        raise IFMError(f"--eval_samples must be positive, got {n}")
+        raise IFMError(f"the number of images to take must be positive, got {n}")
     return torch.tensor([min(length - 1, round(k * length / n)) for k in range(n)])
 
 
@@ -98,8 +99,14 @@ def load_cifar10(root: str | os.PathLike, split: str = "test", download: bool = 
         import torchvision
         data = torchvision.datasets.CIFAR10(str(batches.parent), train=split == "train", download=False)
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-        return TensorImages(images, torch.tensor(data.targets, dtype=torch.long), list(data.classes))
-    return load_image_folder(folder, cache_dir=cache_dir, progress=progress)
+        stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(batches.iterdir()))
+        return TensorImages(images, torch.tensor(data.targets, dtype=torch.long), list(data.classes),
+                            hashlib.sha1(stamp.encode()).hexdigest())
+    loaded = load_image_folder(folder, cache_dir=cache_dir, progress=progress)
+    if len(loaded.classes) != len(CIFAR10_CLASSES):
+        raise IFMError(f"{folder} has {len(loaded.classes)} class folders, CIFAR-10 has 10 ("
+                       + ", ".join(CIFAR10_CLASSES) + "): a missing or extra folder would shift every label")
+    return loaded
 
 
 def _folder_listing(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -116,13 +123,17 @@ def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | 
     """Decode an ImageFolder tree of equal-sized images into a uint8 tensor (cached on disk)."""
     folder = Path(folder)
     classes, files = _folder_listing(folder)
-    stamp = f"{folder.resolve()}|{len(files)}|{files[-1][0].stat().st_mtime_ns}|{files[0][0].stat().st_size}"
+    # the cache is keyed by every file's class, name, size and modification time: moved, added, removed
+    # or rewritten images make a new entry
+    listing = "\n".join(f"{label}|{f.relative_to(folder)}|{f.stat().st_size}|{f.stat().st_mtime_ns}"
+                         for f, label in files)
+    source = hashlib.sha1(listing.encode()).hexdigest()
     cache = Path(cache_dir or os.environ.get("IFM_CACHE", Path.home() / ".cache" / "ifm"))
-    cache_file = cache / f"images_{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.pt"
+    cache_file = cache / f"images_{source[:24]}.pt"
     if cache_file.exists():
         try:
             cached = torch.load(cache_file, weights_only=True)
-            return TensorImages(cached["images"], cached["labels"], classes)
+            return TensorImages(cached["images"], cached["labels"], classes, source)
         except Exception:
             pass  # a corrupt cache is rebuilt
     import numpy as np
@@ -137,7 +148,7 @@ def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | 
     images = [decode(f) for f, _ in bar]
     if len({tuple(i.shape) for i in images}) != 1:
         raise IFMError(f"images in {folder} differ in size; CIFAR-style folders must hold equal-sized images")
-    result = TensorImages(torch.stack(images), torch.tensor([label for _, label in files]), classes)
+    result = TensorImages(torch.stack(images), torch.tensor([label for _, label in files]), classes, source)
     try:
         atomic_write(cache_file, lambda tmp: torch.save({"images": result.images, "labels": result.labels}, tmp))
     except OSError:

@@ -177,7 +177,8 @@ class Evaluator:
     def baseline(self, model: nn.Module, cache_path: Path) -> EvalResult:
         """The original model's accuracy, cached per checkpoint next to the results."""
         key = {"digest": self.loaded.digest, "data_root": str(Path(self.args.data_root).resolve()),
-               "eval_samples": self.total, "normalize": bool(self.loaded.normalize)}
+               "data": getattr(self.data, "source", ""), "eval_samples": self.total,
+               "normalize": bool(self.loaded.normalize)}
         for record in read_jsonl(cache_path):
             if record.get("key") == key:
                 return EvalResult(record["accuracy"], record["loss"], record["samples"])
@@ -228,6 +229,12 @@ def validate(args: argparse.Namespace) -> None:
         raise IFMError(f"{args.save_merged} exists; choose another --save_merged path or pass --overwrite")
     if args.eval_samples is not None and args.eval_samples <= 0:
         raise IFMError(f"--eval_samples must be positive, got {args.eval_samples}")
+    if args.batch_size <= 0:
+        raise IFMError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.workers < 0:
+        raise IFMError(f"--workers must be 0 or more, got {args.workers}")
+    if getattr(args, "baseline", None) == "random" and args.seeds <= 0:
+        raise IFMError(f"--seeds must be positive, got {args.seeds}")
 
 
 def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,

@@ -61,8 +61,9 @@ def test_stages_option_and_errors():
         channel_groups("VGG11", models.create_model("VGG11").state_dict(), stages=[3])
     with pytest.raises(IFMError):
         get_architecture("VGG12")
-    with pytest.raises(ValueError):
-        channel_groups("ResNet18", sd, stages=[5])
+    for bad in ([5], [0], [], [3, 7]):
+        with pytest.raises(IFMError, match="ResNet stages are 1, 2, 3 and 4"):
+            channel_groups("ResNet18", sd, stages=bad)
 
 
 def _small_state_dict(name):

@@ -148,3 +148,48 @@ def test_the_readme_library_snippet_runs_as_pasted():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"].n_merges > 0 and namespace["count_params"](namespace["slim"]) > 0
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("resnet_cifar10_self_merge.py", ["--resnet_name", "ResNet18", "--stages", "5"], "ResNet stages are 1, 2, 3 and 4"),
+    ("vgg_cifar10_self_merge.py", ["--batch_size", "0"], "--batch_size must be positive"),
+    ("vgg_cifar10_self_merge.py", ["--workers", "-1"], "--workers must be 0 or more"),
+    ("vgg_cifar10_self_merge.py", ["--baseline", "random", "--seeds", "0"], "--seeds must be positive"),
+    ("vgg_cifar10_self_merge.py", ["--device", "tpu"], "unknown --device 'tpu'"),
+])
+def test_more_bad_arguments_are_one_line_in_process(script, args, message, tiny_checkpoints, cifar_root, tmp_path,
+                                                    capsys):
+    """Called in process (cli), as the scripts do: exit code 2, one error line, nothing written."""
+    family = "resnet" if script.startswith("resnet") else "vgg"
+    ckpt = tiny_checkpoints["ResNet18" if family == "resnet" else "VGG11"]
+    argv = ["--model_param", str(ckpt), "--data_root", str(cifar_root), "--results", str(tmp_path / "r.jsonl"),
+            "--no_progress", *args]
+    assert cli("cifar10", family, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_test_set_missing_a_class_folder_is_refused(cifar_root, tmp_path):
+    import shutil
+    from ifm.data import load_cifar10
+    from ifm.errors import IFMError
+    partial = tmp_path / "partial"
+    shutil.copytree(cifar_root, partial)
+    shutil.rmtree(partial / "test" / "class04")
+    with pytest.raises(IFMError, match="has 9 class folders, CIFAR-10 has 10"):
+        load_cifar10(partial, "test", progress=False)
+
+
+def test_images_moved_between_class_folders_are_not_served_from_the_cache(cifar_root, tmp_path):
+    import shutil
+    from ifm.data import load_cifar10
+    moved = tmp_path / "moved"
+    shutil.copytree(cifar_root, moved)
+    before = load_cifar10(moved, "test", progress=False)  # decoded and cached
+    name = sorted((moved / "test" / "class00").iterdir())[1]  # not the first or last file of the tree
+    shutil.move(str(name), moved / "test" / "class01" / ("x" + name.name))
+    after = load_cifar10(moved, "test", progress=False)
+    assert (after.labels == 0).sum() == (before.labels == 0).sum() - 1
+    assert (after.labels == 1).sum() == (before.labels == 1).sum() + 1
+    assert after.source != before.source
