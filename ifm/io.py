@@ -22,6 +22,38 @@ Tensor = torch.Tensor
 WRAPPER_KEYS = ("state_dict", "net", "model")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def writable_location(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that ``path`` can be written (its folder made and writable, no folder in the
+    way); return it."""
+    path = Path(path)
+    if path.is_dir():
+        raise IFMError(f"{what} {path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IFMError(f"cannot create the folder of {what} {path}: {exc.strerror}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise IFMError(f"{what} {path} is not writable; choose another path")
+    return path
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then move the file into place, so readers never see a partial file."""
     path = Path(path)
@@ -30,6 +62,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -82,7 +115,7 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any], sync: bool 
     (a writer killed mid-line) the record starts on a fresh line. ``sync``: fsync before returning."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(record, sort_keys=False) + "\n").encode("utf-8")
+    data = (json.dumps(finite_json(record), sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         if fcntl is not None:
@@ -105,15 +138,17 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     path = Path(path)
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):  # a line that is not an object is no record
+                yield record
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

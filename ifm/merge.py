@@ -71,11 +71,6 @@ class MergeResult:
     def n_merges(self) -> int:
         return len(self.merge_log)
 
-    @property
-    def feature_complexity(self) -> dict[str, int]:
-        """Final width of every group (the paper's layer-wise feature complexity)."""
-        return dict(self.widths)
-
 
 def check_hyperparameters(beta: float, max_ratio: float) -> None:
     """Raise ``ValueError`` for β outside (0, 1) or max_ratio outside (0, 1]."""
@@ -420,6 +415,6 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
     Returns:
         A :class:`MergeResult`.
     """
-    check_hyperparameters(beta, max_ratio)
+    check_hyperparameters(beta, max_ratio)  # before the first distance pass, not after it
     merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device)
     return merger.run(beta, max_ratio, order, progress)

@@ -21,7 +21,7 @@ from .data import CIFAR10_MEAN, CIFAR10_STD
 from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict
 from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
-from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict
+from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from .device import pick_device
 from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
 from .metrics import count_flops, count_params
@@ -227,6 +227,13 @@ def validate(args: argparse.Namespace) -> None:
         raise IFMError(str(exc)) from None
     if args.save_merged and Path(args.save_merged).exists() and not args.overwrite:
         raise IFMError(f"{args.save_merged} exists; choose another --save_merged path or pass --overwrite")
+    inputs = {Path(p).resolve() for p in (getattr(args, "model_param", None),) if p}
+    results = writable_location(args.results, "--results").resolve()
+    if results in inputs or (args.save_merged and results == Path(args.save_merged).resolve()):
+        raise IFMError(f"--results {args.results} is the checkpoint or --save_merged; give the results their own file")
+    if args.save_merged:
+        if Path(writable_location(args.save_merged, "--save_merged")).resolve() in inputs:
+            raise IFMError(f"--save_merged {args.save_merged} is the input checkpoint; choose another path")
     if args.eval_samples is not None and args.eval_samples <= 0:
         raise IFMError(f"--eval_samples must be positive, got {args.eval_samples}")
     if args.batch_size <= 0:

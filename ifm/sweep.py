@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import IFMError
@@ -26,19 +27,28 @@ def run_key(record: dict) -> tuple:
 
 def matching_records(results: str, key: tuple) -> dict[float, dict]:
     """Records of ``results`` with this key, by β (the last one wins)."""
-    return {float(r["beta"]): r for r in read_jsonl(results) if run_key(r) == key}
+    return {float(r["beta"]): r for r in read_jsonl(results)
+            if isinstance(r.get("beta"), (int, float)) and run_key(r) == key}
 
 
 def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[dict]:
     """Run ``args`` for every β not yet in ``args.results``; returns the records of all ``betas``."""
+    several = len(betas) > 1
+    for beta in betas:  # fail before any work (a merged model that a done β saved is not in the way)
+        run_args = _with_beta(args, beta, several)
+        run_args.overwrite = True
+        validate(run_args)
+    recorded = {r.get("saved_to") for r in read_jsonl(args.results)}
     for beta in betas:
-        validate(_with_beta(args, beta))
+        run_args = _with_beta(args, beta, several)
+        run_args.overwrite = args.overwrite or run_args.save_merged in recorded
+        validate(run_args)
     device = pick_device(args.device)
     loaded = load_model(args)
     evaluator = None if args.no_eval else Evaluator(loaded, args, device)
     records: list[dict] = []
     for beta in betas:
-        run_args = _with_beta(args, beta)
+        run_args = _with_beta(args, beta, several)
         key = run_key(_expected_record(run_args, loaded.checkpoint, loaded.digest, evaluator))
         done = matching_records(args.results, key)
         if beta in done:
@@ -52,9 +62,13 @@ def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[d
     return records
 
 
-def _with_beta(args: argparse.Namespace, beta: float) -> argparse.Namespace:
+def _with_beta(args: argparse.Namespace, beta: float, several: bool = True) -> argparse.Namespace:
+    """The arguments of one β; with several β values, ``--save_merged m.pt`` becomes ``m_beta0.1.pt``."""
     run_args = copy.copy(args)
     run_args.threshold = beta
+    if args.save_merged and several:
+        path = Path(args.save_merged)
+        run_args.save_merged = str(path.with_name(f"{path.stem}_beta{beta:g}{path.suffix}"))
     return run_args
 
 

@@ -98,9 +98,3 @@ class ResNet(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.avg_pool2d(out, 4)
         return self.linear(torch.flatten(out, 1))
-
-
-def resnet_channels_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Output width of every conv in a CIFAR ResNet state dict (``{"layer3.0.conv1": 256, ...}``)."""
-    return {k[: -len(".weight")]: int(v.shape[0]) for k, v in state_dict.items()
-            if k.endswith(".weight") and v.ndim == 4 and "shortcut" not in k}

@@ -53,13 +53,3 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def vgg_widths_from_state_dict(vgg_name: str, state_dict: dict) -> list[int]:
-    """Per-conv widths stored in a CIFAR VGG state dict (so merged checkpoints load)."""
-    model = VGG(vgg_name)
-    conv_keys = [f"features.{i}.weight" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-    missing = [k for k in conv_keys if k not in state_dict]
-    if missing:
-        raise KeyError(f"checkpoint lacks {missing[:3]} expected for {vgg_name}")
-    return [int(state_dict[k].shape[0]) for k in conv_keys]

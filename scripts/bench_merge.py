@@ -10,7 +10,7 @@ what a user of the entry scripts pays. Ours and the floors are each the best
 of ``--repeats`` alternating runs (our first run is printed too: it also pays for fresh memory). It
 also checks that both produce the same widths and merge sequence.
 
-Inputs (issue 3): CIFAR VGG16 with many near-duplicate channels at β = 0.1, the shared trained VGG11
+Inputs: CIFAR VGG16 with many near-duplicate channels at β = 0.1, the shared trained VGG11
 (``--vgg11``) at β = 0.1 and 0.2, and torchvision VGG16 (random init, ImageNet shapes) at a β giving
 about 5 % merges. The naive run of the ImageNet case would take hours: it is stopped after
 ``--naive_budget`` seconds and its total is extrapolated from its time per outer iteration.

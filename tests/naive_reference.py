@@ -1,8 +1,10 @@
 """The official IFM algorithm written plainly (float64), as an independent reference.
 
-It follows ``official_semantics.md`` §2-5 literally: every visit recomputes the group's full
-distance matrix from the current weights; the merged channel is moved to the end; rows are summed
-and columns take the count-weighted mean. Deliberately shares no code with ``ifm``.
+It follows the official code's behaviour literally (one merge per group per outer iteration, groups in
+their given order, a group stopping for that iteration when its closest pair is farther than beta times
+its farthest): every visit recomputes the group's full distance matrix from the current weights; the
+merged channel is moved to the end; rows are summed and columns take the count-weighted mean.
+Deliberately shares no code with ``ifm``.
 """
 from __future__ import annotations
 

@@ -102,3 +102,42 @@ def test_a_record_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
     append_jsonl(path, {"beta": 0.3})
     assert [r["beta"] for r in read_jsonl(path)] == [0.1, 0.3]
     assert path.read_text().endswith('{"beta": 0.3}\n')
+
+
+def test_a_sweep_saves_one_merged_model_per_beta_and_resumes(tiny_checkpoints, cifar_root, tmp_path):
+    results, merged = tmp_path / "r.jsonl", tmp_path / "m.pt"
+    argv = _sweep(tiny_checkpoints["VGG11"], cifar_root, results, "--betas", "0.3", "0.6", "--save_merged", str(merged))
+    assert sweep_script.main(argv) == 0
+    records = list(read_jsonl(results))
+    assert [r["saved_to"] for r in records] == [str(tmp_path / "m_beta0.3.pt"), str(tmp_path / "m_beta0.6.pt")]
+    widths = [torch.load(r["saved_to"], weights_only=True)["features.0.weight"].shape[0] for r in records]
+    assert widths == [r["widths"]["perm_features.0"] for r in records]
+    assert sweep_script.main(argv) == 0  # done β values: skipped, their files are not "in the way"
+    assert len(list(read_jsonl(results))) == 2
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "folder"])
+def test_results_that_would_overwrite_an_input_are_refused_before_any_work(tiny_checkpoints, cifar_root, tmp_path,
+                                                                            target, capsys):
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoints["VGG11"], ckpt)
+    before = ckpt.read_bytes()
+    results = ckpt if target == "checkpoint" else tmp_path
+    assert sweep_script.main(_sweep(ckpt, cifar_root, results, "--betas", "0.3")) == 2
+    assert ckpt.read_bytes() == before
+    assert ("is the checkpoint" if target == "checkpoint" else "is a folder") in capsys.readouterr().err
+
+
+def test_records_never_hold_bare_nan_and_written_files_keep_the_usual_mode(tmp_path):
+    import os
+    from ifm.io import write_json
+    append_jsonl(tmp_path / "r.jsonl", {"beta": 0.1, "acc_after": float("nan"), "x": [float("inf"), 1.0]})
+    line = (tmp_path / "r.jsonl").read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line) == {"beta": 0.1, "acc_after": None, "x": [None, 1.0]}
+    mask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "s.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
