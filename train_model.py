@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ifm.cli import cli_main
 from ifm.config import load_config, resume_config
 from ifm.device import configure_threads
 from ifm.errors import IFMError
@@ -31,30 +32,29 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configure_threads()
     overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    try:
-        config = load_config(args.cfg, overrides)
-        if args.resume:  # the run's own config.yml, not the YAML file (which may have changed since)
-            saved = run_directory(config, Path(args.cfg).stem, args.prefix, resume=True) / "config.yml"
-            if not saved.is_file():
-                raise IFMError(f"cannot resume: {saved} is missing")
-            config = resume_config(saved, overrides)
-        distributed = init_distributed(config.train.device)
-        run_dir, history = train_from_config(config, Path(args.cfg).stem, args.prefix, args.resume,
-                                             progress=not args.no_progress)
-    except IFMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(lambda: train(args, overrides))
+
+
+def train(args: argparse.Namespace, overrides: list[str]) -> None:
+    config = load_config(args.cfg, overrides)
+    if args.resume:  # the run's own config.yml, not the YAML file (which may have changed since)
+        saved = run_directory(config, Path(args.cfg).stem, args.prefix, resume=True) / "config.yml"
+        if not saved.is_file():
+            raise IFMError(f"cannot resume: {saved} is missing")
+        config = resume_config(saved, overrides)
+    distributed = init_distributed(config.train.device)
+    run_dir, history = train_from_config(config, Path(args.cfg).stem, args.prefix, args.resume,
+                                         progress=not args.no_progress)
     if distributed:
         import torch.distributed as dist
         rank = dist.get_rank()
         dist.destroy_process_group()
         if rank != 0:
-            return 0
+            return
     last = sorted((run_dir / "params").glob("model_epoch*.pt"), key=lambda p: int(p.stem[len("model_epoch"):]))
     print(f"run directory: {run_dir}")
     if last:
         print(f"last checkpoint: {last[-1]}")
-    return 0
 
 
 if __name__ == "__main__":

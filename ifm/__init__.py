@@ -1,16 +1,33 @@
-"""Iterative Feature Merging (IFM): data-free measurement of layer-wise feature complexity."""
-from .archs import ARCHITECTURES, channel_groups, get_architecture, model_for_state_dict
-from .errors import IFMError
-from .groups import ChannelGroup, LayerSpaces, Member, build_groups, chain_spaces, resnet_spaces
-from .merge import (IterativeMerger, MergeResult, MergeStep, check_hyperparameters, distance_matrices,
-                    iterative_feature_merging)
-from .metrics import count_flops, count_params
-from .permute import permute_channels
-from .slim import slim_model
+"""Iterative Feature Merging (IFM): data-free measurement of layer-wise feature complexity.
 
-__all__ = [
-    "ARCHITECTURES", "ChannelGroup", "IFMError", "IterativeMerger", "LayerSpaces", "Member", "MergeResult",
-    "MergeStep", "build_groups", "chain_spaces", "channel_groups", "check_hyperparameters", "count_flops",
-    "count_params", "distance_matrices", "get_architecture", "permute_channels", "iterative_feature_merging", "model_for_state_dict", "resnet_spaces",
-    "slim_model",
-]
+Names are imported on first use, so that ``import ifm.config`` or ``ifm.train`` (training processes) do not
+load the compiled merge kernels (Numba).
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+_HOMES = {
+    "ARCHITECTURES": "archs", "channel_groups": "archs", "get_architecture": "archs", "model_for_state_dict": "archs",
+    "IFMError": "errors",
+    "ChannelGroup": "groups", "LayerSpaces": "groups", "Member": "groups", "build_groups": "groups",
+    "chain_spaces": "groups", "resnet_spaces": "groups",
+    "IterativeMerger": "merge", "MergeResult": "merge", "MergeStep": "merge", "check_hyperparameters": "merge",
+    "distance_matrices": "merge", "iterative_feature_merging": "merge",
+    "count_flops": "metrics", "count_params": "metrics",
+    "permute_channels": "permute",
+    "slim_model": "slim",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ifm' has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

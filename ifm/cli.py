@@ -8,10 +8,11 @@ from .errors import IFMError
 
 
 def cli_main(run: Callable[[], object]) -> int:
-    """Call ``run``; an :class:`IFMError` prints ``error: <message>`` on stderr and returns 2, else 0."""
+    """Call ``run``; an :class:`IFMError` prints ``error: <message>`` on stderr and returns 2; else the exit
+    code ``run`` returns (0 when it returns anything else)."""
     try:
-        run()
+        result = run()
     except IFMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return result if isinstance(result, int) else 0

@@ -6,7 +6,6 @@ Argument names follow the official scripts (``--model_param``, ``--threshold``, 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from . import beyond
 from . import data as datasets
 from .data import CIFAR10_MEAN, CIFAR10_STD
 from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict
+from .cli import cli_main
 from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
@@ -329,14 +329,12 @@ def cli(dataset: str, family: str, argv: Sequence[str] | None = None,
     parser = merge_argument_parser(dataset, family, description=f"Iterative Feature Merging on a {dataset} "
                                                                 f"{family.upper()}")
     args = parser.parse_args(argv)
-    try:
+
+    def main() -> None:
         record = run(args)
-    except IFMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_record(record))
-    print(f"results appended to {args.results}")
-    return 0
+        print(format_record(record))
+        print(f"results appended to {args.results}")
+    return cli_main(main)
 
 
 def add_extension_arguments(parser: argparse.ArgumentParser) -> None:

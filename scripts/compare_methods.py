@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ifm.errors import IFMError  # noqa: E402
+from ifm.cli import cli_main  # noqa: E402
 from ifm.io import write_csv  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
@@ -47,15 +47,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="figures")
     parser.set_defaults(results="results/compare_methods.jsonl")
     args = parser.parse_args(argv)
+    return cli_main(lambda: compare(args))
+
+
+def compare(args: argparse.Namespace) -> None:
     betas = parse_betas(args.betas)
     curves = {}
-    try:
-        for label, run_args in variants(args).items():
-            print(f"== {label}")
-            curves[label] = sweep(run_args, betas)
-    except IFMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for label, run_args in variants(args).items():
+        print(f"== {label}")
+        curves[label] = sweep(run_args, betas)
     rows = []
     print(f"\n{'beta':>5} {'method':38s} {'params %':>9} {'accuracy':>9}")
     for beta in betas:
@@ -68,7 +68,6 @@ def main(argv=None) -> int:
     write_csv(out / "compare_methods.csv", ["beta", "method", "params_pct", "acc_after", "acc_after_std"], rows)
     path = plot_accuracy_vs_params(curves, out / "compare_methods.png", title="IFM variants vs channel pruning")
     print(f"figure: {path}\ntable: {out / 'compare_methods.csv'}")
-    return 0
 
 
 if __name__ == "__main__":

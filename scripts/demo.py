@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from ifm import data as datasets  # noqa: E402
 from ifm.config import load_config  # noqa: E402
-from ifm.errors import IFMError  # noqa: E402
+from ifm.cli import cli_main  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval_samples", type=int, default=None)
     parser.add_argument("--out", default="demo_output")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         datasets.load_cifar10(args.data_root, "test", download=not args.no_download)
         checkpoint = trained_checkpoint(args)
         merge_args = merge_argument_parser("cifar10", "vgg").parse_args(
@@ -60,15 +61,12 @@ def main(argv=None) -> int:
              "--results", f"{args.out}/results.jsonl"]
             + (["--eval_samples", str(args.eval_samples)] if args.eval_samples else []))
         records = sweep(merge_args, parse_betas(args.betas))
-    except IFMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\nIFM on {checkpoint} (original accuracy {records[0]['acc_before']:.2f}%)")
-    print(format_sweep_table(records))
-    figure = plot_accuracy_vs_params({"VGG11 x0.25": records}, Path(args.out) / "demo.png",
-                                     title="IFM on CIFAR-10: accuracy vs remaining parameters")
-    print(f"plot: {figure}\nresults: {args.out}/results.jsonl")
-    return 0
+        print(f"\nIFM on {checkpoint} (original accuracy {records[0]['acc_before']:.2f}%)")
+        print(format_sweep_table(records))
+        figure = plot_accuracy_vs_params({"VGG11 x0.25": records}, Path(args.out) / "demo.png",
+                                         title="IFM on CIFAR-10: accuracy vs remaining parameters")
+        print(f"plot: {figure}\nresults: {args.out}/results.jsonl")
+    return cli_main(run)
 
 
 if __name__ == "__main__":

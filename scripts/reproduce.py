@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ifm import figures  # noqa: E402
 from ifm import data as datasets  # noqa: E402
 from ifm.archs import channel_groups, get_architecture, model_for_state_dict  # noqa: E402
+from ifm.cli import cli_main  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
 from ifm.io import load_state_dict_file, read_jsonl, write_csv, write_json  # noqa: E402
 from ifm.merge import iterative_feature_merging  # noqa: E402
@@ -350,12 +351,7 @@ def main(argv=None) -> int:
     p.add_argument("--bn_mode", default="official", choices=["official", "fold"])
     p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC) instead of the plain one")
     args = parser.parse_args(argv)
-    try:
-        args.fn(args)
-    except IFMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ifm.errors import IFMError  # noqa: E402
+from ifm.cli import cli_main  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import format_sweep_table, parse_betas, shard_of, sweep  # noqa: E402
 
@@ -35,20 +35,18 @@ def main(argv=None) -> int:
                         help="run every N-th beta starting at the k-th (job arrays; shards share --results)")
     parser.set_defaults(results="results/sweep.jsonl")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         records = sweep(args, shard_of(parse_betas(args.betas), args.shard))
-    except IFMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not records:
-        print(f"no beta falls in shard {args.shard}")
-        return 0
-    before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
-    print(f"\n{records[0]['model']} {records[0]['checkpoint']}"
-          + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
-    print(format_sweep_table(records))
-    print(f"results: {args.results}")
-    return 0
+        if not records:
+            print(f"no beta falls in shard {args.shard}")
+            return
+        before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), None)
+        print(f"\n{records[0]['model']} {records[0]['checkpoint']}"
+              + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
+        print(format_sweep_table(records))
+        print(f"results: {args.results}")
+    return cli_main(run)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,12 @@ def test_thread_count_follows_omp_num_threads(monkeypatch, value, expected):
         assert threads == torch.get_num_threads() == (expected or len(os.sched_getaffinity(0)))
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_imports_do_not_load_the_merge_kernels():
+    import subprocess
+    import sys
+    code = "import sys, ifm.config, ifm.train; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-500:]
