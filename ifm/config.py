@@ -140,6 +140,25 @@ def _deep_update(base: dict, update: dict) -> dict:
     return base
 
 
+def check_values(config: Config) -> None:
+    """Values of the right type but outside their range are errors naming the key (before any training)."""
+    import models
+    m, d, t = config.model, config.data, config.train
+    if m.name not in models.list_models():
+        raise IFMError(f"config key 'model.name': unknown model {m.name!r}; choose one of {models.list_models()}")
+    checks = [("model.width", m.width > 0, "positive"), ("model.num_classes", m.num_classes > 0, "positive"),
+              ("train.epochs", t.epochs > 0, "positive"), ("train.batch_size", t.batch_size > 0, "positive"),
+              ("train.lr", t.lr > 0, "positive"), ("train.momentum", 0 <= t.momentum < 1, "in [0, 1)"),
+              ("train.weight_decay", t.weight_decay >= 0, "0 or more"), ("train.gamma", t.gamma > 0, "positive"),
+              ("train.save_every", t.save_every > 0, "positive"),
+              ("data.subset", d.subset is None or d.subset > 0, "positive or null"),
+              ("data.test_samples", d.test_samples is None or d.test_samples > 0, "positive or null")]
+    for key, ok, expected in checks:
+        if not ok:
+            value = {"model": m, "data": d, "train": t}[key.split(".")[0]].__dict__[key.split(".")[1]]
+            raise IFMError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read, override and validate a training config."""
     values: dict = {}
@@ -148,15 +167,18 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not path.is_file():
             raise IFMError(f"config not found: {path} (see cfg/ for examples)")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise IFMError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise IFMError(f"{path} is not UTF-8 text; save the config as UTF-8 YAML") from None
         if not isinstance(values, dict):
             raise IFMError(f"{path} must hold a mapping of config sections")
     config = _build(Config, _deep_update(values, parse_overrides(overrides)), "")
     bad = sorted(set(config.data.augment) - AUGMENTATIONS)
     if bad:
         raise IFMError(f"config key 'data.augment': unknown augmentation {bad[0]!r}; use {sorted(AUGMENTATIONS)}")
+    check_values(config)
     if config.train.amp_dtype not in ("bfloat16", "float16"):
         raise IFMError(f"config key 'train.amp_dtype': use bfloat16 or float16, got {config.train.amp_dtype!r}")
     if config.data.dataset != "cifar10":

@@ -233,3 +233,22 @@ def test_training_imports_do_not_load_the_merge_kernels():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-500:]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.name=VGG99", "unknown model 'VGG99'"), ("model.width=0", "'model.width' must be positive"),
+    ("train.lr=-0.1", "'train.lr' must be positive"), ("train.batch_size=0", "'train.batch_size' must be positive"),
+    ("model.num_classes=0", "'model.num_classes' must be positive"),
+    ("train.save_every=0", "'train.save_every' must be positive"), ("train.momentum=1.5", "in [0, 1)"),
+    ("train.milestones=5", "expected a list"), ("train=3", "must be a section"),
+])
+def test_config_values_out_of_range_fail_before_training(override, message):
+    with pytest.raises(IFMError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config(VGG11_CFG, [override])
+
+
+def test_a_config_that_is_not_utf8_is_one_error(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_bytes("model:\n  name: VGG11\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(IFMError, match="not UTF-8"):
+        load_config(bad)
