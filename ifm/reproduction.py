@@ -140,7 +140,7 @@ def final_checkpoint(run_dir: Path, epochs: int) -> Path:
 def train_stage(settings: ReproductionSettings, profile: Profile, log: Callable[[str], None] = print
                 ) -> dict[str, Path]:
     """Train every model not yet trained (together, one CUDA stream each); returns final checkpoints."""
-    from .train import Trainer, train_together, write_summary
+    from .train import Trainer, train_together, write_summary as write_training_summary
     device = pick_device(settings.device)
     checkpoints, pending = {}, []
     data = None
@@ -168,7 +168,7 @@ def train_stage(settings: ReproductionSettings, profile: Profile, log: Callable[
         train_together(pending, settings.progress)
         log(f"trained in {time.perf_counter() - start:.1f} s")
         for trainer in pending:
-            write_summary(trainer)
+            write_training_summary(trainer)
     return checkpoints
 
 
