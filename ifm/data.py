@@ -99,7 +99,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "test", download: bool = 
         import torchvision
         data = torchvision.datasets.CIFAR10(str(batches.parent), train=split == "train", download=False)
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-        stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(batches.iterdir()))
+        stamp = "|".join(f"{p.name}:{_size_and_time(p)}" for p in sorted(batches.iterdir()))
         return TensorImages(images, torch.tensor(data.targets, dtype=torch.long), list(data.classes),
                             hashlib.sha1(stamp.encode()).hexdigest())
     loaded = load_image_folder(folder, cache_dir=cache_dir, progress=progress)
@@ -107,6 +107,12 @@ def load_cifar10(root: str | os.PathLike, split: str = "test", download: bool = 
         raise IFMError(f"{folder} has {len(loaded.classes)} class folders, CIFAR-10 has 10 ("
                        + ", ".join(CIFAR10_CLASSES) + "): a missing or extra folder would shift every label")
     return loaded
+
+
+def _size_and_time(path: Path) -> str:
+    """``size:mtime_ns`` of a file, from one stat call."""
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _folder_listing(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -125,8 +131,7 @@ def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | 
     classes, files = _folder_listing(folder)
     # the cache is keyed by every file's class, name, size and modification time: moved, added, removed
     # or rewritten images make a new entry
-    listing = "\n".join(f"{label}|{f.relative_to(folder)}|{f.stat().st_size}|{f.stat().st_mtime_ns}"
-                         for f, label in files)
+    listing = "\n".join(f"{label}|{f.relative_to(folder)}|{_size_and_time(f)}" for f, label in files)
     source = hashlib.sha1(listing.encode()).hexdigest()
     cache = Path(cache_dir or os.environ.get("IFM_CACHE", Path.home() / ".cache" / "ifm"))
     cache_file = cache / f"images_{source[:24]}.pt"

@@ -107,9 +107,9 @@ def vgg_boundaries(model: nn.Module, groups: Sequence) -> list[Boundary]:
                        "use --arch VGG11/13/16/19")
     boundaries = []
     for group in groups:
-        conv = int(group.members[0].key.split(".")[1])
+        conv = int(group.layer.split(".")[1])
         relu = next(k for k in range(conv + 1, len(features)) if isinstance(features[k], nn.ReLU))
-        boundaries.append(Boundary(f"features.{conv}", group.name, relu + 1))
+        boundaries.append(Boundary(group.layer, group.name, relu + 1))
     return boundaries
 
 

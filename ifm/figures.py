@@ -168,12 +168,6 @@ def normalized_distances(state_dict: Mapping[str, Tensor], arch: str, layers: Se
     return {name: (dist / dist.max().clamp(min=1e-300)).float() for name, dist in matrices.items()}
 
 
-def layer_name(group) -> str:
-    """The layer a channel group belongs to, for titles: its first member's module (``features.24``)."""
-    key = group.members[0].key
-    return key[: -len(".weight")] if key.endswith(".weight") else key
-
-
 def plot_heatmaps(matrices: Mapping[str, Tensor], path: str | Path, columns: int = 4, title: str = "") -> Path:
     """One heatmap per layer (Fig. 2(a) for one layer, Fig. 7 for the first 12), keyed by layer name."""
     plt = pyplot()

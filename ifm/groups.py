@@ -43,6 +43,12 @@ class ChannelGroup:
     width: int
     members: list[Member] = field(default_factory=list)
 
+    @property
+    def layer(self) -> str:
+        """The layer whose channels these are: its first member's module (``features.24``)."""
+        key = self.members[0].key
+        return key[: -len(".weight")] if key.endswith(".weight") else key
+
     def distance_members(self, state_dict: Mapping[str, Tensor]) -> list[Member]:
         """Members that enter Eq. 6: weights with two or more dims (1-D params such as BN are excluded)."""
         return [m for m in self.members if state_dict[m.key].ndim >= 2]

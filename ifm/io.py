@@ -134,9 +134,10 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any], sync: bool 
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Records of a JSON-lines file (a torn last line, from a killed writer, is skipped)."""
+    """Records of a JSON-lines file (a torn last line, from a killed writer, is skipped); none when there is no
+    such file (missing, or a folder in its place: writers refuse that with a clear error)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         return
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:

@@ -349,7 +349,7 @@ class IterativeMerger:
             rows = np.arange(n_rows) if rows is None else rows
             cols = np.arange(n_cols) if cols is None else cols
             grid = w.reshape(n_rows, n_cols, -1)
-            half = source.dtype in (torch.float16, torch.bfloat16)  # gathered in float32, then cast
+            half = source.dtype in HALF_DTYPES  # gathered in float32, then cast
             dtype = np.float32 if half else _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
             gathered = np.empty((len(rows), len(cols), grid.shape[2]), dtype)
             kernels.gather_channels(grid, rows, cols, gathered)
@@ -359,10 +359,14 @@ class IterativeMerger:
         return out
 
 
+#: weights NumPy cannot hold (no bfloat16) or the compiled kernels cannot write: handled through float32
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def _as_numpy(tensor: Tensor) -> np.ndarray:
     """A CPU NumPy view of a weight; half-precision weights (NumPy has no bfloat16) go through float32."""
     tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).numpy()
+    return (tensor.float() if tensor.dtype in HALF_DTYPES else tensor).numpy()
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:

@@ -126,11 +126,10 @@ def check_settings(settings: ReproductionSettings) -> Profile:
 def training_overrides(settings: ReproductionSettings, profile: Profile, device: torch.device) -> list[str]:
     """The profile's overrides plus data root, device, seed and the precision's speed options."""
     fast = settings.precision == "bf16"
-    overrides = list(profile.overrides) + [f"data.root={settings.data_root}", f"train.device={device}",
-                                           f"train.seed={settings.seed}", f"train.amp={str(fast).lower()}",
-                                           f"train.channels_last={str(fast).lower()}",
-                                           f"train.cuda_graph={str(fast and device.type == 'cuda').lower()}"]
-    return overrides
+    return list(profile.overrides) + [f"data.root={settings.data_root}", f"train.device={device}",
+                                      f"train.seed={settings.seed}", f"train.amp={str(fast).lower()}",
+                                      f"train.channels_last={str(fast).lower()}",
+                                      f"train.cuda_graph={str(fast and device.type == 'cuda').lower()}"]
 
 
 def final_checkpoint(run_dir: Path, epochs: int) -> Path:

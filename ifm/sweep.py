@@ -34,12 +34,8 @@ def matching_records(results: str, key: tuple) -> dict[float, dict]:
 def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[dict]:
     """Run ``args`` for every β not yet in ``args.results``; returns the records of all ``betas``."""
     several = len(betas) > 1
-    for beta in betas:  # fail before any work (a merged model that a done β saved is not in the way)
-        run_args = _with_beta(args, beta, several)
-        run_args.overwrite = True
-        validate(run_args)
     recorded = {r.get("saved_to") for r in read_jsonl(args.results)}
-    for beta in betas:
+    for beta in betas:  # fail before any work (a merged model that a done β saved is not in the way)
         run_args = _with_beta(args, beta, several)
         run_args.overwrite = args.overwrite or run_args.save_merged in recorded
         validate(run_args)
@@ -49,7 +45,7 @@ def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[d
     records: list[dict] = []
     for beta in betas:
         run_args = _with_beta(args, beta, several)
-        key = run_key(_expected_record(run_args, loaded.checkpoint, loaded.digest, evaluator))
+        key = run_key(_expected_record(run_args, loaded, evaluator))
         done = matching_records(args.results, key)
         if beta in done:
             log(f"beta={beta}: already in {args.results}, skipped")
@@ -72,11 +68,11 @@ def _with_beta(args: argparse.Namespace, beta: float, several: bool = True) -> a
     return run_args
 
 
-def _expected_record(args: argparse.Namespace, checkpoint: str, digest: str, evaluator) -> dict:
+def _expected_record(args: argparse.Namespace, loaded, evaluator) -> dict:
     """The identifying fields a run of ``args`` will write (see ``make_record``)."""
     from .selfmerge import arch_name, record_settings
     record = record_settings(args)
-    record.update(model=arch_name(args), checkpoint=checkpoint, checkpoint_digest=digest,
+    record.update(model=arch_name(args), checkpoint=loaded.checkpoint, checkpoint_digest=loaded.digest,
                   eval_samples=None if evaluator is None else evaluator.total)
     return record
 

@@ -121,12 +121,12 @@ def cmd_fig2a(args) -> None:
     stats = []
     for gi, (name, m) in zip(layers, matrices.items()):
         off = m[~torch.eye(m.shape[0], dtype=torch.bool)]
-        layer = figures.layer_name(groups[gi])
+        layer = groups[gi].layer
         stats.append({"layer": layer, "group": name, "features": m.shape[0], "min": off.min().item(),
                       "median": off.median().item(), "max": off.max().item()})
         print(f"{layer}: {m.shape[0]} features, normalised distance min {off.min():.3g} median {off.median():.3g}")
     name = "fig2a" if args.layers == "last" else "fig7" if args.layers == "first12" else "distances"
-    titled = {figures.layer_name(groups[gi]): m for gi, m in zip(layers, matrices.values())}
+    titled = {groups[gi].layer: m for gi, m in zip(layers, matrices.values())}
     path = figures.plot_heatmaps(titled, Path(args.out) / f"{name}.png", title=f"{arch}, {Path(args.model_param).name}")
     write_json(path.with_suffix(".json"), stats)
     torch.save(titled, path.with_suffix(".pt"))
@@ -211,10 +211,10 @@ def cmd_guided(args) -> None:
     loaded, evaluator = _loaded_and_evaluator(args)
     sd, arch = loaded.state_dict, loaded.arch.name
     groups = channel_groups(arch, sd)
-    group = next((g for g in groups if g.members[0].key == f"{args.layer}.weight"), None)
+    group = next((g for g in groups if g.layer == args.layer), None)
     if group is None:
         raise IFMError(f"--layer {args.layer} is no merged conv of {arch}; e.g. "
-                       + ", ".join(figures.layer_name(g) for g in groups[:4]))
+                       + ", ".join(g.layer for g in groups[:4]))
     result = iterative_feature_merging(sd, groups, beta=args.beta, device="cpu")
     clusters = sorted(result.clusters[group.name], key=len, reverse=True)[: args.groups]
     if not clusters or len(clusters[0]) < 2:
