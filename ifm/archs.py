@@ -81,7 +81,10 @@ def channel_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor],
 
 def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:
     """Class count read from the last 2-D weight (the classifier)."""
-    return int([v for v in state_dict.values() if v.ndim == 2][-1].shape[0])
+    matrices = [v for v in state_dict.values() if v.ndim == 2]
+    if not matrices:
+        raise IFMError("the checkpoint has no 2-D weight (no classifier); is it a CIFAR/ImageNet VGG or ResNet?")
+    return int(matrices[-1].shape[0])
 
 
 def model_for_state_dict(arch: str | Architecture, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -1,18 +1,40 @@
-"""The command-line edge: library errors become one ``error:`` line and exit code 2."""
+"""The command-line edge: library errors become one ``error:`` line and exit code 2, library warnings one
+``warning:`` line each, and a SIGTERM unwinds like Ctrl-C so that no half-written temporary file is left."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import warnings
 from typing import Callable
 
-from .errors import IFMError
+from .errors import IFMError, IFMWarning
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cli_main(run: Callable[[], object]) -> int:
     """Call ``run``; an :class:`IFMError` prints ``error: <message>`` on stderr and returns 2; else the exit
     code ``run`` returns (0 when it returns anything else)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    show = warnings.showwarning
+
+    def show_one_line(message, category, *where, **options) -> None:
+        if issubclass(category, IFMWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *where, **options)
+    warnings.showwarning = show_one_line
     try:
         result = run()
     except IFMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) else 0

@@ -97,7 +97,11 @@ def load_cifar10(root: str | os.PathLike, split: str = "test", download: bool = 
         batches = _cifar_batches_dir(root)
     if batches is not None:
         import torchvision
-        data = torchvision.datasets.CIFAR10(str(batches.parent), train=split == "train", download=False)
+        try:
+            data = torchvision.datasets.CIFAR10(str(batches.parent), train=split == "train", download=False)
+        except Exception as exc:  # truncated or foreign files under the torchvision names
+            raise IFMError(f"cannot read CIFAR-10 from {batches}: {type(exc).__name__} ({exc}); "
+                           "replace the folder with a fresh copy (or pass --download after removing it)") from None
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
         stamp = "|".join(f"{p.name}:{_size_and_time(p)}" for p in sorted(batches.iterdir()))
         return TensorImages(images, torch.tensor(data.targets, dtype=torch.long), list(data.classes),
@@ -146,8 +150,11 @@ def load_image_folder(folder: str | os.PathLike, cache_dir: str | os.PathLike | 
     from tqdm.auto import tqdm
 
     def decode(path: Path) -> torch.Tensor:
-        with Image.open(path) as img:
-            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+        try:
+            with Image.open(path) as img:
+                return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+        except (OSError, ValueError) as exc:  # not an image, truncated, unknown format
+            raise IFMError(f"cannot decode image {path}: {exc}; remove or replace the file") from None
 
     bar = tqdm(files, desc=f"decoding {folder.name}", unit="img", leave=False, disable=not progress)
     images = [decode(f) for f, _ in bar]
@@ -169,7 +176,8 @@ def imagenet_val(root: str | os.PathLike):
         raise IFMError(f"no ImageNet validation set at {val}: pass --data_root pointing at a folder with val/<wnid>/*.JPEG")
     transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = datasets.ImageFolder(str(val), transform)
-    if len(dataset) == 0:
-        raise IFMError(f"no images in {val}")
+    try:
+        dataset = datasets.ImageFolder(str(val), transform)
+    except (FileNotFoundError, OSError) as exc:  # no class folder, or class folders without images
+        raise IFMError(f"no usable ImageNet validation set at {val}: {exc}") from None
     return dataset

@@ -3,3 +3,7 @@
 
 class IFMError(Exception):
     """Bad input (missing file, keys that do not fit, offline download...) with a one-line fix."""
+
+
+class IFMWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. unreadable lines skipped)."""

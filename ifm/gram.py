@@ -68,7 +68,7 @@ class Closest(NamedTuple):
     """Eq. 9's verdict on a group: the tied closest position pairs, or none when it stops."""
 
     d_min: float  # exact when merging; when stopping, a lower bound on the smallest distance
-    ties: list[tuple[int, int]]  # position pairs at distance d_min (row-major ties), empty if declined
+    ties: np.ndarray  # (k, 2) position pairs at distance d_min (row-major ties), none if declined
 
 
 class GroupGram:
@@ -223,9 +223,9 @@ class GroupGram:
                 self.threshold, self.max_bound, beta, self.tie, self.relative_tie, hits)
             if verdict == kernels.MERGE:
                 hits = hits[:found]
-                return Closest(d_min, list(zip(self.pair_i[hits].tolist(), self.pair_j[hits].tolist())))
+                return Closest(d_min, np.stack([self.pair_i[hits], self.pair_j[hits]], 1))
             if verdict == kernels.STOP:
-                return Closest(d_min, [])
+                return Closest(d_min, np.zeros((0, 2), np.int64))
             # A full pass; if even its closest pairs cannot settle it (massive ties): all pairs.
             self.scan(all_pairs=fresh)
             fresh = True

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -16,7 +17,7 @@ except ImportError:  # Windows: appends are then unlocked
 
 import torch
 
-from .errors import IFMError
+from .errors import IFMError, IFMWarning
 
 Tensor = torch.Tensor
 WRAPPER_KEYS = ("state_dict", "net", "model")
@@ -81,7 +82,8 @@ def load_state_dict_file(path: str | os.PathLike | None) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable, truncated, or a pickled module
-        raise IFMError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        reason = (str(exc).strip().splitlines() or ["empty file" if path.stat().st_size == 0 else "unreadable"])[0]
+        raise IFMError(f"cannot read checkpoint {path}: {type(exc).__name__}: {reason[:200]}"
                        " (expected a torch.save'd state dict)") from None
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -134,22 +136,30 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any], sync: bool 
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Records of a JSON-lines file (a torn last line, from a killed writer, is skipped); none when there is no
-    such file (missing, or a folder in its place: writers refuse that with a clear error)."""
+    """Records of a JSON-lines file; none when there is no such file (missing, or a folder in its place: writers
+    refuse that with a clear error). Lines that are no JSON object (torn by a killed writer, not UTF-8, edited by
+    hand) are skipped and reported once as an :class:`IFMWarning`."""
     path = Path(path)
     if not path.is_file():
         return
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.strip()
+    skipped = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            line = raw.strip()
             if not line:
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):  # a line that is not an object is no record
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if isinstance(record, dict):
                 yield record
+            else:
+                skipped.append(number)
+    if skipped:
+        lines = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"{path}: skipped {len(skipped)} line(s) that are no JSON record (line {lines}; "
+                      f"a write interrupted by a crash?)", IFMWarning, stacklevel=2)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

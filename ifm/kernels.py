@@ -345,3 +345,18 @@ def gather_channels(source, rows, cols, out):
         for j in range(cols.shape[0]):
             for c in range(source.shape[2]):
                 out[i, j, c] = source[rows[i], cols[j], c]
+
+
+@_jit
+def first_ranked_pair(pairs, rank):
+    """The row of ``pairs`` (``(k, 2)`` indices) whose ``(min, max)`` of ``rank`` is lexicographically smallest."""
+    best = 0
+    best_lo = best_hi = np.iinfo(np.int64).max
+    for t in range(pairs.shape[0]):
+        x = rank[pairs[t, 0]]
+        y = rank[pairs[t, 1]]
+        lo = min(x, y)
+        hi = max(x, y)
+        if lo < best_lo or (lo == best_lo and hi < best_hi):
+            best, best_lo, best_hi = t, lo, hi
+    return best

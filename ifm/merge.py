@@ -123,16 +123,15 @@ class _GroupState:
     def official_slots(self) -> list[int]:
         return list(self.official)
 
-    def first_in_official_order(self, pairs: Sequence[tuple[int, int]]) -> tuple[int, int]:
-        """The slots of the tied position pair that comes first in row-major official order."""
-        slots = [(int(self.pos2slot[i]), int(self.pos2slot[j])) for i, j in pairs]
-        if len(slots) == 1:
-            return slots[0]
-        ranked = []
-        for a, b in set(slots):
-            ra, rb = self.official_rank(a), self.official_rank(b)
-            ranked.append(((min(ra, rb), max(ra, rb)), a, b))
-        return min(ranked)[1:]
+    def first_in_official_order(self, pairs: np.ndarray) -> tuple[int, int]:
+        """The slots of the tied position pair (``(k, 2)`` positions) that comes first in row-major official
+        order (vectorised: all-zero weights tie every pair)."""
+        best = 0
+        if len(pairs) > 1:
+            rank = np.empty(len(self.slot_pos), np.int64)  # of each slot, then of each position
+            rank[self.official] = np.arange(len(self.official))
+            best = kernels.first_ranked_pair(pairs, rank[self.pos2slot[:self.width]])
+        return int(self.pos2slot[pairs[best, 0]]), int(self.pos2slot[pairs[best, 1]])
 
     def merge_positions(self, a: int, b: int, wa: float, wb: float) -> None:
         """Merge slots ``a`` and ``b`` in the Gram bookkeeping (the last position moves into ``b``'s)."""
@@ -279,7 +278,7 @@ class IterativeMerger:
         if not st.dirty:
             return False
         found = st.gram.closest(beta)  # a decline needs only bounds, kept by the Gram bookkeeping
-        if found is None or not found.ties:
+        if found is None or len(found.ties) == 0:
             st.dirty = False
             return False
         a, b = st.first_in_official_order(found.ties)

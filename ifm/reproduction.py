@@ -193,20 +193,16 @@ def sweep_stage(settings: ReproductionSettings, profile: Profile, checkpoints: d
                 log: Callable[[str], None] = print) -> dict[str, dict[str, list[dict]]]:
     """β sweep of every model on the test set for every BN mode (skips β values already recorded);
     returns ``{bn_mode: {model: records}}``."""
-    from .selfmerge import merge_argument_parser
+    from .run import RunOptions, RunSpec
     from .sweep import sweep
-    results = Path(settings.out) / "results.jsonl"
+    options = RunOptions(results=str(Path(settings.out) / "results.jsonl"), device=settings.device, workers=0,
+                         progress=settings.progress)
     records: dict[str, dict[str, list[dict]]] = {mode: {} for mode in settings.bn_modes}
     for mode in settings.bn_modes:
         for name, ckpt in checkpoints.items():
-            family = "resnet" if name.startswith("ResNet") else "vgg"
-            argv = [f"--{family}_name", name, "--model_param", str(ckpt), "--data_root", settings.data_root,
-                    "--results", str(results), "--workers", "0", "--bn_mode", mode]
-            argv += ["--device", settings.device] if settings.device else []
-            argv += ["--eval_samples", str(profile.eval_samples)] if profile.eval_samples else []
-            argv += [] if settings.progress else ["--no_progress"]
-            args = merge_argument_parser("cifar10", family).parse_args(argv)
-            records[mode][name] = sweep(args, profile.betas,
+            spec = RunSpec(arch=name, model_param=str(ckpt), bn_mode=mode, data_root=settings.data_root,
+                           eval_samples=profile.eval_samples or None)
+            records[mode][name] = sweep(spec, options, profile.betas,
                                         log=lambda line, n=name: log(f"sweep {n} (BN {mode}): {line}"))
     return records
 

@@ -9,7 +9,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from . import beyond
 from . import data as datasets
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict
+from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict, num_classes_of
 from .cli import cli_main
 from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
@@ -25,8 +25,7 @@ from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, sav
 from .device import pick_device
 from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
 from .metrics import count_flops, count_params
-
-DEFAULT_RESULTS = "results/self_merge.jsonl"
+from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -83,13 +82,6 @@ class LoadedModel:
     model: nn.Module  # the original model with these weights
 
 
-def arch_name(args: argparse.Namespace) -> str:
-    for attr in ("vgg_name", "resnet_name", "arch"):
-        if getattr(args, attr, None):
-            return getattr(args, attr)
-    raise IFMError("no architecture given")
-
-
 def _torchvision_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
     import torchvision
     try:
@@ -117,21 +109,21 @@ def _training_normalization(checkpoint: Path) -> tuple | None:
     return None
 
 
-def load_model(args: argparse.Namespace) -> LoadedModel:
+def load_model(spec: RunSpec) -> LoadedModel:
     """Read the checkpoint (or torchvision weights) and check it fits the architecture."""
-    arch = get_architecture(arch_name(args))
-    if getattr(args, "weights", None):
-        if args.model_param:
+    arch = get_architecture(spec.arch)
+    if spec.weights:
+        if spec.model_param:
             raise IFMError("pass either --model_param or --weights, not both")
-        state_dict = _torchvision_weights(arch.name, args.weights)
-        checkpoint, digest, normalize = f"torchvision:{arch.name}.{args.weights}", f"tv:{arch.name}:{args.weights}", None
+        state_dict = _torchvision_weights(arch.name, spec.weights)
+        checkpoint, digest, normalize = f"torchvision:{arch.name}.{spec.weights}", f"tv:{arch.name}:{spec.weights}", None
     else:
-        if args.model_param is None:
+        if spec.model_param is None:
             hint = " or --weights IMAGENET1K_V1" if arch.dataset == "imagenet" else ""
             raise IFMError(f"no checkpoint given: pass --model_param PATH{hint}")
-        state_dict = load_state_dict_file(args.model_param)
-        checkpoint, digest = str(args.model_param), file_digest(args.model_param)
-        normalize = _training_normalization(Path(args.model_param)) if arch.dataset == "cifar10" else None
+        state_dict = load_state_dict_file(spec.model_param)
+        checkpoint, digest = str(spec.model_param), file_digest(spec.model_param)
+        normalize = _training_normalization(Path(spec.model_param)) if arch.dataset == "cifar10" else None
     model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
     return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model)
 
@@ -140,43 +132,47 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
 class Evaluator:
     """Evaluates models on the (possibly subsampled) test split, loading the data once."""
 
-    def __init__(self, loaded: LoadedModel, args: argparse.Namespace, device: torch.device):
-        self.device, self.args, self.loaded = device, args, loaded
+    def __init__(self, loaded: LoadedModel, spec: RunSpec, options: RunOptions, device: torch.device):
+        if not spec.evaluates:
+            raise ValueError("this run merges only (no data root)")
+        self.device, self.spec, self.options, self.loaded = device, spec, options, loaded
         if loaded.arch.dataset == "cifar10":
-            test = datasets.load_cifar10(args.data_root, "test", download=getattr(args, "download", False),
-                                         progress=not args.no_progress)
-            self.data = test.subset(datasets.spread_indices(len(test), args.eval_samples))
-            self.total = len(self.data)
+            test = datasets.load_cifar10(spec.data_root, "test", download=spec.download, progress=options.progress)
+            self.data = test.subset(datasets.spread_indices(len(test), spec.eval_samples))
         else:
-            full = datasets.imagenet_val(args.data_root)
+            full = datasets.imagenet_val(spec.data_root)
             from torch.utils.data import Subset
-            self.data = Subset(full, datasets.spread_indices(len(full), args.eval_samples).tolist())
-            self.total = len(self.data)
+            self.data = Subset(full, datasets.spread_indices(len(full), spec.eval_samples).tolist())
+        classes = full.classes if loaded.arch.dataset != "cifar10" else test.classes
+        if len(classes) != num_classes_of(loaded.state_dict):
+            raise IFMError(f"{spec.data_root} has {len(classes)} classes but the checkpoint's classifier has "
+                           f"{num_classes_of(loaded.state_dict)} outputs: labels would not match; check --data_root")
+        self.total = len(self.data)
 
     def batches(self) -> Iterable:
         if isinstance(self.data, datasets.TensorImages):
             mean, std = self.loaded.normalize or (None, None)
-            return tensor_batches(self.data, self.args.batch_size, self.device, mean, std)
+            return tensor_batches(self.data, self.options.batch_size, self.device, mean, std)
         from torch.utils.data import DataLoader
-        return DataLoader(self.data, batch_size=self.args.batch_size, num_workers=self.args.workers)
+        return DataLoader(self.data, batch_size=self.options.batch_size, num_workers=self.options.workers)
 
     def __call__(self, model: nn.Module, desc: str) -> EvalResult:
         return evaluate(model.to(self.device), self.batches(), self.total, self.device, desc,
-                        progress=not self.args.no_progress)
+                        progress=self.options.progress)
 
     def train_batches(self, n: int) -> Iterable:
         """N training images spread over the training split (for BN recalibration)."""
         if self.loaded.arch.dataset != "cifar10":
             raise IFMError("--recalibrate_bn is implemented for CIFAR-10 models")
-        train = datasets.load_cifar10(self.args.data_root, "train", download=getattr(self.args, "download", False),
-                                      progress=not self.args.no_progress)
+        train = datasets.load_cifar10(self.spec.data_root, "train", download=self.spec.download,
+                                      progress=self.options.progress)
         subset = train.subset(datasets.spread_indices(len(train), n))
         mean, std = self.loaded.normalize or (None, None)
-        return tensor_batches(subset, self.args.batch_size, self.device, mean, std)
+        return tensor_batches(subset, self.options.batch_size, self.device, mean, std)
 
     def baseline(self, model: nn.Module, cache_path: Path) -> EvalResult:
         """The original model's accuracy, cached per checkpoint next to the results."""
-        key = {"digest": self.loaded.digest, "data_root": str(Path(self.args.data_root).resolve()),
+        key = {"digest": self.loaded.digest, "data_root": self.spec.record_fields()["data_root"],
                "data": getattr(self.data, "source", ""), "eval_samples": self.total,
                "normalize": bool(self.loaded.normalize)}
         for record in read_jsonl(cache_path):
@@ -189,11 +185,10 @@ class Evaluator:
 
 
 # --------------------------------------------------------------------------------------- running
-def merge_loaded(loaded: LoadedModel, args: argparse.Namespace, device: torch.device) -> MergeResult:
-    """IFM on the loaded weights with the arguments' β, max_ratio, order, stages, dtype and BN mode."""
-    return merge_weights(loaded, args.threshold, max_ratio=args.max_ratio, order=args.order, dtype=args.dtype,
-                         bn_mode=getattr(args, "bn_mode", "official"), stages=getattr(args, "stages", None),
-                         device=device, progress=not args.no_progress)
+def merge_loaded(loaded: LoadedModel, spec: RunSpec, device: torch.device, progress: bool = False) -> MergeResult:
+    """IFM on the loaded weights with the run's β, max_ratio, order, stages, dtype and BN mode."""
+    return merge_weights(loaded, spec.beta, max_ratio=spec.max_ratio, order=spec.order, dtype=spec.dtype,
+                         bn_mode=spec.bn_mode, stages=spec.stages, device=device, progress=progress)
 
 
 def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, order: str = "official",
@@ -212,81 +207,89 @@ def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, orde
     return result
 
 
-def baseline_state_dicts(loaded: LoadedModel, args: argparse.Namespace, widths: dict) -> list[dict]:
-    """``--baseline l1|random``: pruned state dicts at IFM's widths (random: one per seed)."""
-    groups = channel_groups(loaded.arch, loaded.state_dict, getattr(args, "stages", None))
-    seeds = range(args.seeds) if args.baseline == "random" else [0]
-    return [beyond.prune_to_widths(loaded.state_dict, groups, widths, args.baseline, seed) for seed in seeds]
+def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> list[dict]:
+    """Pruning baselines (``spec.method`` l1 or random) at IFM's widths; random: one per seed."""
+    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages)
+    seeds = range(spec.seeds) if spec.method == "random" else [0]
+    return [beyond.prune_to_widths(loaded.state_dict, groups, widths, spec.method, seed) for seed in seeds]
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(spec: RunSpec, options: RunOptions) -> None:
     """Checks that need no work, done before anything is computed or written."""
     try:
-        check_hyperparameters(args.threshold, args.max_ratio)
+        check_hyperparameters(spec.beta, spec.max_ratio)
     except ValueError as exc:
         raise IFMError(str(exc)) from None
-    if args.save_merged and Path(args.save_merged).exists() and not args.overwrite:
-        raise IFMError(f"{args.save_merged} exists; choose another --save_merged path or pass --overwrite")
-    inputs = {Path(p).resolve() for p in (getattr(args, "model_param", None),) if p}
-    results = writable_location(args.results, "--results").resolve()
-    if results in inputs or (args.save_merged and results == Path(args.save_merged).resolve()):
-        raise IFMError(f"--results {args.results} is the checkpoint or --save_merged; give the results their own file")
-    if args.save_merged:
-        if Path(writable_location(args.save_merged, "--save_merged")).resolve() in inputs:
-            raise IFMError(f"--save_merged {args.save_merged} is the input checkpoint; choose another path")
-    if args.eval_samples is not None and args.eval_samples <= 0:
-        raise IFMError(f"--eval_samples must be positive, got {args.eval_samples}")
-    if args.batch_size <= 0:
-        raise IFMError(f"--batch_size must be positive, got {args.batch_size}")
-    if args.workers < 0:
-        raise IFMError(f"--workers must be 0 or more, got {args.workers}")
-    if getattr(args, "baseline", None) == "random" and args.seeds <= 0:
-        raise IFMError(f"--seeds must be positive, got {args.seeds}")
+    save = options.save_merged
+    if save and Path(save).exists() and not options.overwrite:
+        raise IFMError(f"{save} exists; choose another --save_merged path or pass --overwrite")
+    inputs = {Path(p).resolve() for p in (spec.model_param,) if p}
+    results = writable_location(options.results, "--results").resolve()
+    if results in inputs or (save and results == Path(save).resolve()):
+        raise IFMError(f"--results {options.results} is the checkpoint or --save_merged; give the results their own file")
+    if save and Path(writable_location(save, "--save_merged")).resolve() in inputs:
+        raise IFMError(f"--save_merged {save} is the input checkpoint; choose another path")
+    if spec.eval_samples is not None and spec.eval_samples <= 0:
+        raise IFMError(f"--eval_samples must be positive, got {spec.eval_samples}")
+    if options.batch_size <= 0:
+        raise IFMError(f"--batch_size must be positive, got {options.batch_size}")
+    if options.workers < 0:
+        raise IFMError(f"--workers must be 0 or more, got {options.workers}")
+    if spec.method == "random" and spec.seeds <= 0:
+        raise IFMError(f"--seeds must be positive, got {spec.seeds}")
+    if spec.recalibrate_bn < 0:
+        raise IFMError(f"--recalibrate_bn must be 0 or more, got {spec.recalibrate_bn}")
 
 
-def run_self_merge(args: argparse.Namespace, loaded: LoadedModel | None = None,
+def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | None = None,
                    evaluator: Evaluator | None = None) -> dict:
-    """One self-merge run; returns the JSON record (also appended to ``args.results``)."""
-    validate(args)
-    device = pick_device(args.device)
-    loaded = loaded or load_model(args)
-    if not args.no_eval and evaluator is None:
-        evaluator = Evaluator(loaded, args, device)  # fails on a bad data root before any work
+    """One self-merge run; returns the JSON record (also appended to ``options.results``)."""
+    validate(spec, options)
+    device = pick_device(options.device)
+    loaded = loaded or load_model(spec)
+    if spec.evaluates and evaluator is None:
+        evaluator = Evaluator(loaded, spec, options, device)  # fails on a bad data root before any work
     original = loaded.model
-    result = merge_loaded(loaded, args, device)
+    result = merge_loaded(loaded, spec, device, options.progress)
     merged_states = [result.state_dict]
-    if getattr(args, "baseline", None):
-        merged_states = baseline_state_dicts(loaded, args, result.widths)
+    if spec.method != "ifm":
+        merged_states = baseline_state_dicts(loaded, spec, result.widths)
     merged = model_for_state_dict(loaded.arch, merged_states[0])
-    record = make_record(loaded, args, result, original, merged, device)
-    if not args.no_eval:
-        before = evaluator.baseline(original, Path(args.results).parent / "baseline_cache.jsonl")
+    record = make_record(loaded, spec, result, original, merged, device)
+    if spec.evaluates:
+        before = evaluator.baseline(original, Path(options.results).parent / "baseline_cache.jsonl")
         runs = []
         for k, state in enumerate(merged_states):
             model = merged if k == 0 else model_for_state_dict(loaded.arch, state)
-            if getattr(args, "recalibrate_bn", 0):
-                model = beyond.recalibrate_bn(model.to(device), evaluator.train_batches(args.recalibrate_bn))
+            if spec.recalibrate_bn:
+                model = beyond.recalibrate_bn(model.to(device), evaluator.train_batches(spec.recalibrate_bn))
             runs.append(evaluator(model, "eval merged"))
         accs = torch.tensor([r.accuracy for r in runs])
         record.update(acc_before=before.accuracy, acc_after=accs.mean().item(), loss_before=before.loss,
                       loss_after=sum(r.loss for r in runs) / len(runs), eval_samples=runs[0].samples)
         if len(runs) > 1:
             record.update(acc_after_std=accs.std().item(), acc_after_runs=accs.tolist())
-    if args.save_merged:
-        save_state_dict(merged_states[0], args.save_merged, overwrite=args.overwrite)
-        record["saved_to"] = str(args.save_merged)
-    append_jsonl(args.results, record)
+    if options.save_merged:
+        save_state_dict(merged_states[0], options.save_merged, overwrite=options.overwrite)
+        record["saved_to"] = str(options.save_merged)
+    append_jsonl(options.results, record)
     return record
 
 
-def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResult, original: nn.Module,
+def run_identity(spec: RunSpec, loaded: LoadedModel, evaluator: Evaluator | None) -> dict:
+    """The identifying fields a run of ``spec`` on ``loaded`` writes into its record (see ``make_record``)."""
+    return {"model": loaded.arch.name, "checkpoint": loaded.checkpoint, "checkpoint_digest": loaded.digest,
+            **spec.record_fields(), "eval_samples": None if evaluator is None else evaluator.total}
+
+
+def make_record(loaded: LoadedModel, spec: RunSpec, result: MergeResult, original: nn.Module,
                 merged: nn.Module, device: torch.device) -> dict:
     size = loaded.arch.input_size
     params_before, params_after = count_params(original), count_params(merged)
     flops_before, flops_after = count_flops(original, size), count_flops(merged, size)
     return {
         "model": loaded.arch.name, "dataset": loaded.arch.dataset, "checkpoint": loaded.checkpoint,
-        "checkpoint_digest": loaded.digest, **record_settings(args),
+        "checkpoint_digest": loaded.digest, **spec.record_fields(),
         "widths": result.widths, "original_widths": result.original_widths, "n_merges": result.n_merges,
         "params_before": params_before, "params_after": params_after,
         "params_pct": 100.0 * params_after / params_before,
@@ -295,15 +298,6 @@ def make_record(loaded: LoadedModel, args: argparse.Namespace, result: MergeResu
         "merge_seconds": result.seconds, "iterations": result.iterations, "device": str(device),
         "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def record_settings(args: argparse.Namespace) -> dict:
-    """The settings of a run, as written into its record."""
-    return {"method": getattr(args, "baseline", None) or "ifm", "beta": args.threshold, "max_ratio": args.max_ratio,
-            "order": args.order, "stages": getattr(args, "stages", None), "dtype": args.dtype,
-            "bn_mode": getattr(args, "bn_mode", "official"), "recalibrate_bn": getattr(args, "recalibrate_bn", 0),
-            "seeds": args.seeds if getattr(args, "baseline", None) == "random" else None,
-            "data_root": None if args.no_eval else str(Path(args.data_root).resolve())}
 
 
 def format_record(record: dict) -> str:
@@ -323,17 +317,16 @@ def format_record(record: dict) -> str:
     return "\n".join(lines)
 
 
-def cli(dataset: str, family: str, argv: Sequence[str] | None = None,
-        run: Callable[[argparse.Namespace], dict] = run_self_merge) -> int:
+def cli(dataset: str, family: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``*_self_merge.py`` scripts: one line on stderr and exit 2 on bad input."""
     parser = merge_argument_parser(dataset, family, description=f"Iterative Feature Merging on a {dataset} "
                                                                 f"{family.upper()}")
-    args = parser.parse_args(argv)
+    spec, options = from_args(parser.parse_args(argv))
 
     def main() -> None:
-        record = run(args)
+        record = run_self_merge(spec, options)
         print(format_record(record))
-        print(f"results appended to {args.results}")
+        print(f"results appended to {options.results}")
     return cli_main(main)
 
 

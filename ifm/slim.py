@@ -16,8 +16,9 @@ from .errors import IFMError
 
 
 def _resized(module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
-    """A copy of ``module`` shaped for ``weight``, or None if it already fits."""
-    if weight.shape == module.weight.shape:
+    """A copy of ``module`` shaped for ``weight``, or None if it already fits or cannot (another kind of layer:
+    the strict load then names the mismatch)."""
+    if weight.shape == module.weight.shape or weight.ndim != module.weight.ndim:
         return None
     if isinstance(module, nn.Conv2d):
         return nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], module.kernel_size,

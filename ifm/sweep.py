@@ -5,14 +5,21 @@ skipped, so an interrupted sweep restarted with the same command loses nothing a
 """
 from __future__ import annotations
 
-import argparse
-import copy
+import hashlib
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .errors import IFMError
 from .io import read_jsonl
-from .selfmerge import Evaluator, load_model, pick_device, run_self_merge, validate
+from .run import RunOptions, RunSpec
+from .selfmerge import Evaluator, load_model, pick_device, run_identity, run_self_merge, validate
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 PAPER_BETAS: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.1, 0.12, 0.14, 0.15, 0.18, 0.2)
 OFFICIAL_EXTRA_BETAS: tuple[float, ...] = (0.22, 0.24, 0.25, 0.26, 0.28, 0.3)
@@ -31,50 +38,78 @@ def matching_records(results: str, key: tuple) -> dict[float, dict]:
             if isinstance(r.get("beta"), (int, float)) and run_key(r) == key}
 
 
-def sweep(args: argparse.Namespace, betas: Sequence[float], log=print) -> list[dict]:
-    """Run ``args`` for every β not yet in ``args.results``; returns the records of all ``betas``."""
+def sweep(spec: RunSpec, options: RunOptions, betas: Sequence[float], log=print) -> list[dict]:
+    """Run ``spec`` for every β not yet in ``options.results``; returns the records of all ``betas``.
+
+    Concurrent sweeps on one results file share the work: a β another process is computing is left for
+    later, then taken from its record."""
     several = len(betas) > 1
-    recorded = {r.get("saved_to") for r in read_jsonl(args.results)}
+    saved = {r.get("saved_to") for r in read_jsonl(options.results)}
     for beta in betas:  # fail before any work (a merged model that a done β saved is not in the way)
-        run_args = _with_beta(args, beta, several)
-        run_args.overwrite = args.overwrite or run_args.save_merged in recorded
-        validate(run_args)
-    device = pick_device(args.device)
-    loaded = load_model(args)
-    evaluator = None if args.no_eval else Evaluator(loaded, args, device)
-    records: list[dict] = []
-    for beta in betas:
-        run_args = _with_beta(args, beta, several)
-        key = run_key(_expected_record(run_args, loaded, evaluator))
-        done = matching_records(args.results, key)
-        if beta in done:
-            log(f"beta={beta}: already in {args.results}, skipped")
-            records.append(done[beta])
-            continue
-        record = run_self_merge(run_args, loaded=loaded, evaluator=evaluator)
-        acc = "-" if record["acc_after"] is None else f"{record['acc_after']:.2f}%"
-        log(f"beta={beta}: {record['n_merges']} merges, params {record['params_pct']:.2f}%, accuracy {acc}")
-        records.append(record)
-    return records
+        validate(*_for_beta(spec, options, beta, several, saved))
+    device = pick_device(options.device)
+    loaded = load_model(spec)
+    evaluator = Evaluator(loaded, spec, options, device) if spec.evaluates else None
+    records: dict[float, dict] = {}
+    pending, wait = list(betas), False
+    while pending:
+        busy = []
+        for beta in pending:
+            run_spec, run_options = _for_beta(spec, options, beta, several, saved)
+            key = run_key(run_identity(run_spec, loaded, evaluator))
+            with run_claim(options.results, key, beta, wait) as claimed:
+                if not claimed:
+                    busy.append(beta)
+                    continue
+                done = matching_records(options.results, key)
+                if beta in done:
+                    log(f"beta={beta}: already in {options.results}, skipped")
+                    records[beta] = done[beta]
+                    continue
+                record = run_self_merge(run_spec, run_options, loaded=loaded, evaluator=evaluator)
+            acc = "-" if record["acc_after"] is None else f"{record['acc_after']:.2f}%"
+            log(f"beta={beta}: {record['n_merges']} merges, params {record['params_pct']:.2f}%, accuracy {acc}")
+            records[beta] = record
+        if busy:
+            log(f"beta {', '.join(f'{b:g}' for b in busy)}: being computed by another process, waiting")
+        pending, wait = busy, True
+    return [records[beta] for beta in betas]
 
 
-def _with_beta(args: argparse.Namespace, beta: float, several: bool = True) -> argparse.Namespace:
-    """The arguments of one β; with several β values, ``--save_merged m.pt`` becomes ``m_beta0.1.pt``."""
-    run_args = copy.copy(args)
-    run_args.threshold = beta
-    if args.save_merged and several:
-        path = Path(args.save_merged)
-        run_args.save_merged = str(path.with_name(f"{path.stem}_beta{beta:g}{path.suffix}"))
-    return run_args
+@contextmanager
+def run_claim(results: str | Path, key: tuple, beta: float, wait: bool) -> Iterator[bool]:
+    """Hold the claim on one run of a results file while computing it (yields False if another process holds it
+    and ``wait`` is False). A lock of one byte, chosen by the run, of the hidden ``.<results>.lock`` beside the
+    results; the system releases it when its process dies, so a killed sweep blocks nothing."""
+    if fcntl is None:  # no POSIX locks (Windows): no sharing of work
+        yield True
+        return
+    results = Path(results)
+    lock_path = results.with_name(f".{results.name}.lock")
+    offset = int.from_bytes(hashlib.sha256(repr((key, float(beta))).encode()).digest()[:4], "big") >> 1
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, offset)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _expected_record(args: argparse.Namespace, loaded, evaluator) -> dict:
-    """The identifying fields a run of ``args`` will write (see ``make_record``)."""
-    from .selfmerge import arch_name, record_settings
-    record = record_settings(args)
-    record.update(model=arch_name(args), checkpoint=loaded.checkpoint, checkpoint_digest=loaded.digest,
-                  eval_samples=None if evaluator is None else evaluator.total)
-    return record
+def _for_beta(spec: RunSpec, options: RunOptions, beta: float, several: bool, saved: set = frozenset()
+              ) -> tuple[RunSpec, RunOptions]:
+    """The run of one β; with several β values ``--save_merged m.pt`` becomes ``m_beta0.1.pt``, and a file that a
+    recorded run saved may be replaced."""
+    run_options = options
+    if options.save_merged and several:
+        path = Path(options.save_merged)
+        run_options = options.replace(save_merged=str(path.with_name(f"{path.stem}_beta{beta:g}{path.suffix}")))
+    if run_options.save_merged in saved:
+        run_options = run_options.replace(overwrite=True)
+    return spec.replace(beta=beta), run_options
 
 
 def format_sweep_table(records: Sequence[dict]) -> str:
@@ -108,5 +143,8 @@ def parse_betas(values: Iterable[str]) -> list[float]:
         elif value == "official":
             betas += PAPER_BETAS + OFFICIAL_EXTRA_BETAS
         else:
-            betas.append(float(value))
+            try:
+                betas.append(float(value))
+            except ValueError:
+                raise IFMError(f"--betas takes numbers, 'paper' or 'official'; got {value!r}") from None
     return sorted(set(betas))

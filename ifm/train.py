@@ -412,7 +412,12 @@ def train_from_config(config: Config, cfg_name: str, prefix: str, resume: bool =
     if world > 1:  # the other ranks use rank 0's folder once it is claimed
         import torch.distributed as dist
         dist.barrier()
-    trainer = Trainer(config, run_dir, progress)
+    try:
+        trainer = Trainer(config, run_dir, progress)
+    except BaseException:  # bad data root, device...: give a folder claimed for nothing back
+        if not resume and rank == 0 and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     if resume:
         trainer.load_state()
     history = trainer.fit()

@@ -10,7 +10,6 @@ a figure of accuracy against remaining parameters and a table at equal widths ar
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -19,21 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ifm.cli import cli_main  # noqa: E402
 from ifm.io import write_csv  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
+from ifm.run import RunSpec, from_args  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import parse_betas, sweep  # noqa: E402
 
 
-def variants(args: argparse.Namespace) -> dict[str, argparse.Namespace]:
-    def variant(**changes) -> argparse.Namespace:
-        v = copy.copy(args)
-        for key, value in changes.items():
-            setattr(v, key, value)
-        return v
-    return {"IFM (official)": variant(),
-            "IFM (fold BN)": variant(bn_mode="fold"),
-            f"IFM + BN recalibration ({args.recalibrate})": variant(recalibrate_bn=args.recalibrate),
-            "L1 pruning": variant(baseline="l1"),
-            f"random pruning ({args.seeds} seeds)": variant(baseline="random")}
+def variants(spec: RunSpec, recalibrate: int) -> dict[str, RunSpec]:
+    """The compared methods, each a variant of the official IFM run."""
+    spec = spec.replace(method="ifm", bn_mode="official", recalibrate_bn=0)
+    return {"IFM (official)": spec,
+            "IFM (fold BN)": spec.replace(bn_mode="fold"),
+            f"IFM + BN recalibration ({recalibrate})": spec.replace(recalibrate_bn=recalibrate),
+            "L1 pruning": spec.replace(method="l1"),
+            f"random pruning ({spec.seeds} seeds)": spec.replace(method="random")}
 
 
 def main(argv=None) -> int:
@@ -52,10 +49,11 @@ def main(argv=None) -> int:
 
 def compare(args: argparse.Namespace) -> None:
     betas = parse_betas(args.betas)
+    spec, options = from_args(args)
     curves = {}
-    for label, run_args in variants(args).items():
+    for label, variant in variants(spec, args.recalibrate).items():
         print(f"== {label}")
-        curves[label] = sweep(run_args, betas)
+        curves[label] = sweep(variant, options, betas)
     rows = []
     print(f"\n{'beta':>5} {'method':38s} {'params %':>9} {'accuracy':>9}")
     for beta in betas:

@@ -18,7 +18,7 @@ from ifm import data as datasets  # noqa: E402
 from ifm.config import load_config  # noqa: E402
 from ifm.cli import cli_main  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
-from ifm.selfmerge import merge_argument_parser  # noqa: E402
+from ifm.run import RunOptions, RunSpec  # noqa: E402
 from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
 from ifm.train import train_from_config  # noqa: E402
 
@@ -56,11 +56,9 @@ def main(argv=None) -> int:
     def run() -> None:
         datasets.load_cifar10(args.data_root, "test", download=not args.no_download)
         checkpoint = trained_checkpoint(args)
-        merge_args = merge_argument_parser("cifar10", "vgg").parse_args(
-            ["--vgg_name", "VGG11", "--model_param", str(checkpoint), "--data_root", args.data_root,
-             "--results", f"{args.out}/results.jsonl"]
-            + (["--eval_samples", str(args.eval_samples)] if args.eval_samples else []))
-        records = sweep(merge_args, parse_betas(args.betas))
+        spec = RunSpec(arch="VGG11", model_param=str(checkpoint), data_root=args.data_root,
+                       eval_samples=args.eval_samples)
+        records = sweep(spec, RunOptions(results=f"{args.out}/results.jsonl"), parse_betas(args.betas))
         print(f"\nIFM on {checkpoint} (original accuracy {records[0]['acc_before']:.2f}%)")
         print(format_sweep_table(records))
         figure = plot_accuracy_vs_params({"VGG11 x0.25": records}, Path(args.out) / "demo.png",

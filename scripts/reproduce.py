@@ -27,6 +27,7 @@ from ifm.errors import IFMError  # noqa: E402
 from ifm.io import load_state_dict_file, read_jsonl, write_csv, write_json  # noqa: E402
 from ifm.merge import iterative_feature_merging  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
+from ifm.run import RunOptions, RunSpec  # noqa: E402
 from ifm.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
 from ifm.synthetic import near_duplicate_state_dict  # noqa: E402
 
@@ -134,11 +135,11 @@ def cmd_fig2a(args) -> None:
 
 
 def _loaded_and_evaluator(args):
-    ns = argparse.Namespace(arch=args.arch, model_param=args.model_param, weights=None, data_root=args.data_root,
-                            download=False, eval_samples=args.eval_samples, batch_size=256, workers=2,
-                            no_progress=args.no_progress)
-    loaded = load_model(ns)
-    return loaded, Evaluator(loaded, ns, pick_device(args.device))
+    spec = RunSpec(arch=args.arch, model_param=args.model_param, data_root=args.data_root,
+                   eval_samples=args.eval_samples)
+    options = RunOptions(batch_size=256, workers=2, progress=not args.no_progress)
+    loaded = load_model(spec)
+    return loaded, Evaluator(loaded, spec, options, pick_device(args.device))
 
 
 def cmd_fig2b(args) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.cli import cli_main  # noqa: E402
+from ifm.run import from_args  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
 from ifm.sweep import format_sweep_table, parse_betas, shard_of, sweep  # noqa: E402
 
@@ -37,7 +38,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        records = sweep(args, shard_of(parse_betas(args.betas), args.shard))
+        spec, options = from_args(args)
+        records = sweep(spec, options, shard_of(parse_betas(args.betas), args.shard))
         if not records:
             print(f"no beta falls in shard {args.shard}")
             return
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
         print(f"\n{records[0]['model']} {records[0]['checkpoint']}"
               + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
         print(format_sweep_table(records))
-        print(f"results: {args.results}")
+        print(f"results: {options.results}")
     return cli_main(run)
 
 

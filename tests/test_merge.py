@@ -301,3 +301,19 @@ def test_distance_matrices_match_the_naive_distances():
     matrices = distance_matrices(sd, groups, [2])
     direct = naive_distance({k: v.double() for k, v in sd.items()}, groups[2].members, groups[2].width)
     torch.testing.assert_close(matrices[groups[2].name], direct, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_degenerate_weights_tie_everywhere_and_still_follow_the_official_order(fill):
+    """All-zero or constant weights tie every pair of every group (the case that took 74 minutes on a VGG11 before
+    tie-breaking was vectorised); the merge order must still be the naive official one."""
+    sd = models.create_model("VGG11", width=0.125).state_dict()
+    for value in sd.values():
+        if value.ndim > 1:
+            value.fill_(fill)
+    groups = channel_groups("VGG11", sd)
+    result = iterative_feature_merging(sd, groups, beta=0.1, max_ratio=0.9)
+    _, widths, log = naive_ifm(sd, [(g.name, g.width, g.members) for g in groups], 0.1, 0.9, "official")
+    assert result.n_merges == len(log) > 100
+    assert [(s.iteration, s.group, s.i, s.j) for s in result.merge_log] == _naive_log(log)
+    assert result.widths == widths

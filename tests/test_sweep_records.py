@@ -3,13 +3,14 @@ processes make at once or that follow a torn line."""
 import json
 import multiprocessing
 import shutil
+import time
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from ifm.errors import IFMError
+from ifm.errors import IFMError, IFMWarning
 from ifm.io import append_jsonl, read_jsonl
 from ifm.sweep import PAPER_BETAS, shard_of
 
@@ -100,7 +101,8 @@ def test_a_record_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
     with open(path, "a") as handle:
         handle.write('{"beta": 0.2, "acc')  # a writer killed mid-line
     append_jsonl(path, {"beta": 0.3})
-    assert [r["beta"] for r in read_jsonl(path)] == [0.1, 0.3]
+    with pytest.warns(IFMWarning, match="skipped 1 line.*line 2"):  # the torn line is reported
+        assert [r["beta"] for r in read_jsonl(path)] == [0.1, 0.3]
     assert path.read_text().endswith('{"beta": 0.3}\n')
 
 
@@ -141,3 +143,66 @@ def test_records_never_hold_bare_nan_and_written_files_keep_the_usual_mode(tmp_p
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _slow_sweep(spec, options, betas) -> None:
+    """A sweep whose runs take a second longer (another user's sweep on the same results file)."""
+    import time
+    import ifm.sweep as sweep_module
+    run = sweep_module.run_self_merge
+    sweep_module.run_self_merge = lambda *a, **k: (time.sleep(1.5), run(*a, **k))[1]
+    sweep_module.sweep(spec, options, betas, log=lambda line: None)
+
+
+def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_root, tmp_path):
+    from ifm.run import RunOptions, RunSpec
+    from ifm.selfmerge import load_model, run_identity
+    from ifm.sweep import run_claim, run_key, sweep
+    spec = RunSpec(arch="VGG11", model_param=str(tiny_checkpoints["VGG11"]), data_root=str(cifar_root), eval_samples=8)
+    options = RunOptions(results=str(tmp_path / "r.jsonl"), progress=False, workers=0)
+    other = multiprocessing.get_context("spawn").Process(target=_slow_sweep, args=(spec, options, [0.3]))
+    other.start()
+    key = run_key({**run_identity(spec.replace(beta=0.3), load_model(spec), None), "eval_samples": 8})
+    for _ in range(600):  # until the other sweep holds β 0.3
+        with run_claim(options.results, key, 0.3, wait=False) as free:
+            if not free:
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the other sweep never claimed beta 0.3")
+    log = []
+    records = sweep(spec, options, [0.3, 0.6], log=log.append)
+    other.join(60)
+    assert other.exitcode == 0
+    assert "0.3: being computed by another process" in log[1] and "already in" in log[2]
+    assert sorted(r["beta"] for r in read_jsonl(options.results)) == [0.3, 0.6]  # β 0.3 recorded once
+    assert [r["beta"] for r in records] == [0.3, 0.6]
+
+
+def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_root, tmp_path):
+    """The sweep's skip key is built from the RunSpec before the run; it must equal the key of the record the run
+    writes, for every kind of setting (else a sweep never skips, or skips the wrong run)."""
+    from ifm.run import RunOptions, RunSpec, from_args
+    from ifm.selfmerge import Evaluator, load_model, merge_argument_parser, run_identity, run_self_merge
+    from ifm.sweep import run_key
+    args = merge_argument_parser("cifar10", "resnet").parse_args(
+        ["--resnet_name", "ResNet18", "--model_param", str(tiny_checkpoints["ResNet18"]), "--threshold", "0.4",
+         "--stages", "3", "4", "--baseline", "random", "--seeds", "2", "--no_eval", "--results", "x.jsonl"])
+    spec, options = from_args(args)
+    assert spec == RunSpec(arch="ResNet18", beta=0.4, model_param=str(tiny_checkpoints["ResNet18"]), stages=(3, 4),
+                           method="random", seeds=2, data_root=None)
+    assert options.results == "x.jsonl" and not options.overwrite
+    with pytest.raises(AttributeError):
+        spec.beta = 0.5  # frozen
+    results = str(tmp_path / "r.jsonl")
+    for spec in (RunSpec(arch="VGG11", beta=0.3, model_param=str(tiny_checkpoints["VGG11"]), bn_mode="fold",
+                         data_root=str(cifar_root), eval_samples=8, max_ratio=0.5, dtype="float32"),
+                 RunSpec(arch="ResNet18", beta=0.3, model_param=str(tiny_checkpoints["ResNet18"]), stages=[2, 4],
+                         method="random", seeds=2, data_root=str(cifar_root), order="layerwise"),
+                 RunSpec(arch="VGG11", beta=0.3, model_param=str(tiny_checkpoints["VGG11"]), method="l1")):
+        options = RunOptions(results=results, progress=False, workers=0)
+        loaded = load_model(spec)
+        evaluator = Evaluator(loaded, spec, options, torch.device("cpu")) if spec.evaluates else None
+        record = run_self_merge(spec, options, loaded, evaluator)
+        assert run_key(record) == run_key(run_identity(spec, loaded, evaluator))
+        assert {k: record[k] for k in spec.record_fields()} == json.loads(json.dumps(spec.record_fields()))
