@@ -44,9 +44,7 @@ def sweep(spec: RunSpec, options: RunOptions, betas: Sequence[float], log=print)
     Concurrent sweeps on one results file share the work: a β another process is computing is left for
     later, then taken from its record."""
     several = len(betas) > 1
-    saved = {r.get("saved_to") for r in read_jsonl(options.results)}
-    for beta in betas:  # fail before any work (a merged model that a done β saved is not in the way)
-        validate(*_for_beta(spec, options, beta, several, saved))
+    saved = check_sweep(spec, options, betas)
     device = pick_device(options.device)
     loaded = load_model(spec)
     evaluator = Evaluator(loaded, spec, options, device) if spec.evaluates else None
@@ -74,6 +72,15 @@ def sweep(spec: RunSpec, options: RunOptions, betas: Sequence[float], log=print)
             log(f"beta {', '.join(f'{b:g}' for b in busy)}: being computed by another process, waiting")
         pending, wait = busy, True
     return [records[beta] for beta in betas]
+
+
+def check_sweep(spec: RunSpec, options: RunOptions, betas: Sequence[float]) -> set:
+    """Validate every β's run before any work (a merged model that a done β saved is not in the way); returns the
+    merged-model files that recorded runs saved."""
+    saved = {r.get("saved_to") for r in read_jsonl(options.results)}
+    for beta in betas:
+        validate(*_for_beta(spec, options, beta, len(betas) > 1, saved))
+    return saved
 
 
 @contextmanager

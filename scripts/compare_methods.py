@@ -20,7 +20,7 @@ from ifm.io import write_csv  # noqa: E402
 from ifm.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.run import RunSpec, from_args  # noqa: E402
 from ifm.selfmerge import merge_argument_parser  # noqa: E402
-from ifm.sweep import parse_betas, sweep  # noqa: E402
+from ifm.sweep import check_sweep, parse_betas, sweep  # noqa: E402
 
 
 def variants(spec: RunSpec, recalibrate: int) -> dict[str, RunSpec]:
@@ -50,8 +50,11 @@ def main(argv=None) -> int:
 def compare(args: argparse.Namespace) -> None:
     betas = parse_betas(args.betas)
     spec, options = from_args(args)
+    methods = variants(spec, args.recalibrate)
+    for variant in methods.values():  # every method's settings, before the first one runs
+        check_sweep(variant, options, betas)
     curves = {}
-    for label, variant in variants(spec, args.recalibrate).items():
+    for label, variant in methods.items():
         print(f"== {label}")
         curves[label] = sweep(variant, options, betas)
     rows = []

@@ -1,0 +1,220 @@
+"""Faults and bad input, as a new user meets them: each case runs the real command in a fresh process and must end
+with exit code 2 and exactly one ``error:`` line naming the problem (no traceback), leaving every file it was given
+byte-equal and writing none. One representative case per category found by the review; the in-process tests check
+the details (which records, which widths)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from tests.conftest import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+VGG = str(ROOT / "vgg_cifar10_self_merge.py")
+RESNET = str(ROOT / "resnet_cifar10_self_merge.py")
+VGG_IMAGENET = str(ROOT / "vgg_imagenet_self_merge.py")
+RESNET_IMAGENET = str(ROOT / "resnet_imagenet_self_merge.py")
+SWEEP = str(ROOT / "scripts" / "sweep.py")
+REPRODUCE = str(ROOT / "scripts" / "reproduce.py")
+COMPARE = str(ROOT / "scripts" / "compare_methods.py")
+TRAIN = str(ROOT / "train_model.py")
+VGG11_CFG = str(ROOT / "cfg" / "vgg11_training.yml")
+
+pytestmark = pytest.mark.slow  # a process per case: about 90 s in all
+
+
+@dataclass
+class Work:
+    """A case's folder (its current directory) holding ``vgg.pt`` (a tiny VGG11), ``resnet.pt`` and ``cifar/``."""
+    dir: Path
+    inputs: dict = field(default_factory=dict)
+
+    def state(self, name: str = "vgg.pt") -> dict:
+        return torch.load(self.dir / name, weights_only=True)["net"]
+
+    def save(self, state: dict, name: str) -> str:
+        torch.save(state, self.dir / name)
+        return name
+
+
+def _vgg(*extra: str) -> list[str]:
+    return [VGG, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--no_progress", "--results", "r.jsonl", *extra]
+
+
+def _eval(*extra: str) -> list[str]:
+    return _vgg("--data_root", "cifar", "--eval_samples", "8", "--workers", "0", *extra)
+
+
+def _inf_weight(w: Work) -> list[str]:
+    sd = w.state()
+    next(v for v in sd.values() if v.ndim == 4)[0, 0, 0, 0] = float("inf")
+    return _vgg("--no_eval", "--model_param", w.save(sd, "inf.pt"))
+
+
+def _no_matrix(w: Work) -> list[str]:
+    return _vgg("--no_eval", "--model_param", w.save({k: v for k, v in w.state().items() if v.ndim != 2}, "x.pt"))
+
+
+def _corrupt_image(w: Work) -> list[str]:
+    (w.dir / "cifar" / "test" / "class03" / "zz.png").write_bytes(b"not an image")
+    return _eval()
+
+
+def _eleventh_class(w: Work) -> list[str]:
+    shutil.copytree(w.dir / "cifar" / "test" / "class00", w.dir / "cifar" / "test" / "class10")
+    return _eval()
+
+
+def _garbage_batches(w: Work) -> list[str]:
+    batches = w.dir / "batches" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ("data_batch_1", "test_batch", "batches.meta"):
+        (batches / name).write_bytes(b"\x80garbage")
+    return _vgg("--data_root", "batches", "--eval_samples", "8")
+
+
+def _non_utf8_yaml(w: Work) -> list[str]:
+    (w.dir / "bad.yml").write_bytes(b"model:\n  name: VGG11 \xff\xfe\n")
+    return [TRAIN, "--cfg", "bad.yml", "--data_root", "cifar"]
+
+
+def _unwritable_results(w: Work) -> list[str]:
+    return _vgg("--no_eval", "--results", "vgg.pt/r.jsonl")  # a file where the folder should be
+
+
+def _torn_results(w: Work) -> list[str]:
+    (w.dir / "r.jsonl").write_text('[1, 2]\n"x"\n{"beta": 0.3, "acc')  # not objects, then a torn line
+    return [SWEEP, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--no_eval", "--no_progress", "--results",
+            "r.jsonl", "--betas", "0.3"]
+
+
+#: case -> (builds the files and returns the command line, words the one error line must hold)
+CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
+    # checkpoints
+    "missing checkpoint": (lambda w: _vgg("--no_eval", "--model_param", "nope.pt"), "checkpoint not found"),
+    "0-byte checkpoint": (lambda w: (w.dir / "e.pt").touch() or _vgg("--no_eval", "--model_param", "e.pt"),
+                          "empty file"),
+    "inf weight": (_inf_weight, "non-finite"),
+    "state dict without a 2-D weight": (_no_matrix, "no 2-D weight"),
+    "VGG11 weights as VGG16": (lambda w: _vgg("--no_eval", "--vgg_name", "VGG16"), "do not fit VGG16"),
+    "CIFAR weights to the ImageNet script": (lambda w: [VGG_IMAGENET, "--arch", "vgg11", "--model_param", "vgg.pt",
+                                                        "--no_eval", "--results", "r.jsonl"], "do not fit vgg11"),
+    "VGG weights to the ResNet script": (lambda w: [RESNET, "--model_param", "vgg.pt", "--no_eval", "--results",
+                                                    "r.jsonl"], "do not fit ResNet18"),
+    # arguments
+    "beta outside (0, 1)": (lambda w: _vgg("--no_eval", "--threshold", "1.5"), "beta"),
+    "max_ratio 0": (lambda w: _vgg("--no_eval", "--max_ratio", "0"), "max_ratio"),
+    "--device tpu": (lambda w: _vgg("--no_eval", "--device", "tpu"), "--device"),
+    "--stages 7": (lambda w: [RESNET, "--model_param", "resnet.pt", "--stages", "7", "--no_eval", "--results",
+                              "r.jsonl"], "stages"),
+    "--workers -1": (lambda w: _eval("--workers", "-1"), "--workers"),
+    "--batch_size 0": (lambda w: _eval("--batch_size", "0"), "--batch_size"),
+    "--betas abc": (lambda w: [SWEEP, "--model_param", "vgg.pt", "--vgg_name", "VGG11", "--betas", "abc",
+                               "--no_eval"], "--betas"),
+    "fig2a --layers x": (lambda w: [REPRODUCE, "fig2a", "--arch", "VGG11", "--model_param", "vgg.pt", "--layers",
+                                    "x", "--out", "out"], "--layers"),
+    "compare_methods --seeds 0": (lambda w: [COMPARE, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--seeds",
+                                             "0", "--data_root", "cifar", "--no_progress", "--results", "c.jsonl"],
+                                  "--seeds"),
+    # data
+    "missing data root": (lambda w: _vgg("--data_root", "nowhere"), "no CIFAR-10 found"),
+    "undecodable image": (_corrupt_image, "cannot decode image"),
+    "an 11th class folder": (_eleventh_class, "class folders"),
+    "garbage cifar-10-batches-py": (_garbage_batches, "cannot read CIFAR-10"),
+    # training configs
+    "YAML that is not UTF-8": (_non_utf8_yaml, "UTF-8"),
+    "--set of the wrong shape": (lambda w: [TRAIN, "--cfg", VGG11_CFG, "--set", "train.milestones=5"], "a list"),
+    "model.name VGG99": (lambda w: [TRAIN, "--cfg", VGG11_CFG, "--set", "model.name=VGG99"], "VGG99"),
+    "lr < 0": (lambda w: [TRAIN, "--cfg", VGG11_CFG, "--set", "train.lr=-0.1"], "train.lr"),
+    "--resume without a run": (lambda w: [TRAIN, "--cfg", VGG11_CFG, "--resume", "--set", "output_dir=runs"],
+                               "nothing to resume"),
+    # files that must not be touched, work that must not be thrown away
+    "--results is the checkpoint": (lambda w: _vgg("--no_eval", "--results", "vgg.pt"), "is the checkpoint"),
+    "--save_merged exists": (lambda w: _vgg("--no_eval", "--save_merged", "resnet.pt"), "exists"),
+    "--save_merged is the checkpoint": (lambda w: _vgg("--no_eval", "--save_merged", "vgg.pt", "--overwrite"),
+                                        "is the input checkpoint"),
+    "results folder cannot be made": (_unwritable_results, "cannot create the folder"),
+}
+
+
+@pytest.fixture
+def work(tmp_path, tiny_checkpoints, cifar_root) -> Work:
+    shutil.copy(tiny_checkpoints["VGG11"], tmp_path / "vgg.pt")
+    shutil.copy(tiny_checkpoints["ResNet18"], tmp_path / "resnet.pt")
+    shutil.copytree(cifar_root, tmp_path / "cifar")
+    return Work(tmp_path)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "IFM_CACHE": str(cwd.parent / f"{cwd.name}_cache")}
+    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_ends_in_one_error_line_and_touches_nothing(case, work):
+    build, words = CASES[case]
+    argv = build(work)
+    before = _files(work.dir)
+    proc = _run(argv, work.dir)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert words in lines[0]
+    assert _files(work.dir) == before  # nothing modified, nothing written
+
+
+def test_unreadable_results_lines_are_reported_and_the_run_goes_on(work):
+    argv = _torn_results(work)
+    proc = _run(argv, work.dir)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["warning: r.jsonl: skipped 3 line(s) that are no JSON record (line 1, 2, 3; "
+                     "a write interrupted by a crash?)"]
+    text = (work.dir / "r.jsonl").read_text()
+    assert text.startswith('[1, 2]\n"x"\n{"beta": 0.3, "acc\n{')  # old lines kept, the record on a fresh line
+
+
+def test_a_terminated_atomic_write_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (a cluster's time limit, ``kill``) during an atomic write: the temporary file is removed, the target
+    is never created half-written."""
+    code = ("import sys, time; from ifm.cli import cli_main; from ifm.io import atomic_write\n"
+            "def write(tmp):\n"
+            "    open(tmp, 'wb').write(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
+            "sys.exit(cli_main(lambda: atomic_write('out.pt', write)))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    assert len(list(tmp_path.iterdir())) == 1  # the temporary file
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_imagenet_val_that_does_not_fit_the_classifier(tmp_path):
+    """A partial ImageNet val/ for a 1000-class ResNet: 3 class folders, then one of them empty."""
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    val = make_image_folder(tmp_path / "imagenet", {"val": 1}, size=64, classes=3) / "val"
+    argv = [RESNET_IMAGENET, "--arch", "resnet18", "--model_param", "r18.pt", "--data_root", "imagenet",
+            "--results", "r.jsonl", "--workers", "0", "--no_progress"]
+    for words in ["3 classes but the checkpoint's classifier has 1000 outputs", "no usable ImageNet validation set"]:
+        proc = _run(argv, tmp_path)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+        shutil.rmtree(val / "class02")
+        (val / "class02").mkdir()  # an empty class folder
+    assert not (tmp_path / "r.jsonl").exists()
