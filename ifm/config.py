@@ -159,21 +159,33 @@ def check_values(config: Config) -> None:
             raise IFMError(f"config key {key!r} must be {expected}, got {value!r}")
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's values; a top-level ``base: other.yml`` (relative to the file) is read first and
+    overridden by the file's own values, so that configs differing in a few keys share one recipe."""
+    if not path.is_file():
+        raise IFMError(f"config not found: {path} (see cfg/ for examples)")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise IFMError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise IFMError(f"{path} is not UTF-8 text; save the config as UTF-8 YAML") from None
+    if not isinstance(values, dict):
+        raise IFMError(f"{path} must hold a mapping of config sections")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise IFMError(f"{path}: 'base' must name another YAML file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise IFMError(f"{path}: 'base: {base}' makes a cycle of configs")
+    return _deep_update(_read_yaml(base_path, (*seen, path.resolve())), values)
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read, override and validate a training config."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise IFMError(f"config not found: {path} (see cfg/ for examples)")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise IFMError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
-        except UnicodeDecodeError:
-            raise IFMError(f"{path} is not UTF-8 text; save the config as UTF-8 YAML") from None
-        if not isinstance(values, dict):
-            raise IFMError(f"{path} must hold a mapping of config sections")
+    values = _read_yaml(Path(path)) if path is not None else {}
     config = _build(Config, _deep_update(values, parse_overrides(overrides)), "")
     bad = sorted(set(config.data.augment) - AUGMENTATIONS)
     if bad:

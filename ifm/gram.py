@@ -35,6 +35,7 @@ import torch
 
 from . import kernels
 from .blas import syrk_upper
+from .kernels import CandidatePairs, MergeWeights, PendingLayout, PositionStats
 
 Tensor = torch.Tensor
 
@@ -91,26 +92,31 @@ class GroupGram:
     def __init__(self, parts: np.ndarray, tie: float, relative_tie: float):
         n = parts.shape[1]
         self.parts, self.width = parts, n
-        self.half = max(self.pending_rank // 2, 1)
-        self.cap = 2 * self.half
+        self.col_half = max(self.pending_rank // 2, 1)  # columns of a pending columns-part product per sign
+        self.capacity = 2 * self.col_half
         self.tie, self.relative_tie = tie, relative_tie
-        # Pending products U diag(sign) U^T, stored as rows of U^T in three regions (see
-        # :mod:`ifm.kernels`): the rows part's (all sign -1) in [0, r0), the columns part's sign +1
-        # and sign -1 halves in [cap, cap + rp) and [cap + half, cap + half + rp).
-        self.basis = np.zeros((2 * self.cap, n), parts.dtype)
-        self.r0 = self.rp = 0
-        self.diag = parts[0].diagonal() + parts[1].diagonal()  # diag(G), pending products included
-        self.n_pairs = 0  # candidate pairs (positions) and their exact distances: the first n_pairs of
-        self.pair_i = self.pair_j = np.zeros(0, np.int64)  # ... these
-        self.pair_d = np.zeros(0, parts.dtype)
-        self.threshold = -math.inf  # at the last full pass, every other pair was this far apart ...
-        self.moved = np.zeros(n, parts.dtype)  # ... and since, D_ij fell by <= 2 (moved_i + moved_j)
+        # Pending products U diag(sign) U^T, stored as rows of U^T in three regions (``layout``)
+        self.basis = np.zeros((2 * self.capacity, n), parts.dtype)
+        self.rows_used = self.cols_used = 0
+        # diag(G) (pending products included); and since the last full pass, D_ij fell by <= 2 (moved_i + moved_j)
+        self.stats = PositionStats(parts[0].diagonal() + parts[1].diagonal(), np.zeros(n, parts.dtype))
+        self.n_pairs = 0  # the first n_pairs of the candidates are live
+        self.pairs = CandidatePairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, parts.dtype))
+        self.threshold = -math.inf  # at the last full pass, every other pair was this far apart
         self.max_bound = math.inf  # no distance exceeds this
         self.scans = 0
 
     @property
-    def _pending(self) -> tuple:
-        return self.r0, self.rp, self.cap, self.half
+    def diag(self) -> np.ndarray:
+        return self.stats.diag
+
+    @property
+    def moved(self) -> np.ndarray:
+        return self.stats.moved
+
+    @property
+    def layout(self) -> PendingLayout:
+        return PendingLayout(self.rows_used, self.cols_used, self.capacity, self.col_half)
 
     # --------------------------------------------------------------------------- products
     def merge_linked(self, slices: np.ndarray, a: int, b: int, wa: float, wb: float, mean: bool,
@@ -120,36 +126,37 @@ class GroupGram:
         false: the product goes to the columns part) or count-weighted (``mean`` true: the rows
         part), in place at the live slots (``slot_pos``: each slot's position, -1 if dead)."""
         w, k = self.width, slices.shape[2]
-        if (2 * k > self.cap) if mean else (k > self.half):  # too wide to wait: add it now
+        merge = MergeWeights(a, b, wa, wb)
+        if (2 * k > self.capacity) if mean else (k > self.col_half):  # too wide to wait: add it now
             u = np.empty((2 * k, w), self.parts.dtype)
-            self._merge_linked(u, 0, k, slices, a, b, wa, wb, mean, slot_pos)
+            self._merge_linked(u, 0, k, slices, merge, mean, slot_pos)
             part = self.parts[0 if mean else 1, :w, :w]
             syrk_upper(part, u[:k], -1.0 if mean else 1.0)
             syrk_upper(part, u[k:], -1.0)
             return
-        if (self.r0 + 2 * k > self.cap) if mean else (self.rp + k > self.half):
+        if (self.rows_used + 2 * k > self.capacity) if mean else (self.cols_used + k > self.col_half):
             self.flush()
         if mean:
-            self._merge_linked(self.basis, self.r0, self.r0 + k, slices, a, b, wa, wb, mean, slot_pos)
-            self.r0 += 2 * k
+            self._merge_linked(self.basis, self.rows_used, self.rows_used + k, slices, merge, mean, slot_pos)
+            self.rows_used += 2 * k
         else:
-            first = self.cap + self.rp
-            self._merge_linked(self.basis, first, first + self.half, slices, a, b, wa, wb, mean, slot_pos)
-            self.rp += k
+            first = self.capacity + self.cols_used
+            self._merge_linked(self.basis, first, first + self.col_half, slices, merge, mean, slot_pos)
+            self.cols_used += k
 
-    def _merge_linked(self, dest, first_row, second_row, slices, a, b, wa, wb, mean, slot_pos) -> None:
-        largest = kernels.merge_linked(slices, a, b, wa, wb, mean, slot_pos, self.width, dest, first_row, second_row,
-                                       self.diag, self.moved, self.pair_i, self.pair_j, self.pair_d, self.n_pairs)
+    def _merge_linked(self, dest, first_row, second_row, slices, merge: MergeWeights, mean, slot_pos) -> None:
+        largest = kernels.merge_linked(slices, merge, mean, slot_pos, self.width, dest, first_row, second_row,
+                                       self.stats, self.pairs, self.n_pairs)
         self.max_bound += 4.0 * largest  # dD_ij <= |u+_i - u+_j|^2 <= 2 |u+_i|^2 + 2 |u+_j|^2
 
     def flush(self) -> None:
         """Add the pending products to the parts (``G`` itself does not change)."""
         w = self.width
         for which in range(3):
-            lo, hi, sign, rows_part = kernels.region(which, *self._pending)
+            lo, hi, sign, rows_part = kernels.region(which, self.layout)
             if hi > lo:
                 syrk_upper(self.parts[0 if rows_part else 1, :w, :w], self.basis[lo:hi, :w], sign)
-        self.r0 = self.rp = 0
+        self.rows_used = self.cols_used = 0
 
     # --------------------------------------------------------------------------- distances
     def _upper_distances(self) -> tuple[np.ndarray, tuple[int, int, float]]:
@@ -177,14 +184,14 @@ class GroupGram:
     def _new_candidates(self, n: int) -> None:
         """Empty candidate arrays with room for ``n`` pairs and those that merges add."""
         room = n + 2 * self.width + 8
-        self.pair_i, self.pair_j = np.empty(room, np.int64), np.empty(room, np.int64)
-        self.pair_d = np.empty(room, self.parts.dtype)
+        self.pairs = CandidatePairs(np.empty(room, np.int64), np.empty(room, np.int64),
+                                    np.empty(room, self.parts.dtype))
 
     def _grow_candidates(self) -> None:
-        n = self.n_pairs
-        i, j, d = self.pair_i[:n], self.pair_j[:n], self.pair_d[:n]
+        n, live = self.n_pairs, self.pairs
         self._new_candidates(n)
-        self.pair_i[:n], self.pair_j[:n], self.pair_d[:n] = i, j, d
+        for new, old in zip(self.pairs, live):
+            new[:n] = old[:n]
 
     def scan(self, all_pairs: bool = False) -> None:
         """A full pass: the closest pairs (``all_pairs``: every pair) become the candidates, with the
@@ -202,8 +209,8 @@ class GroupGram:
             self.threshold = float(np.partition(out, keep)[keep])
         n = len(out) if self.threshold == math.inf else int(np.count_nonzero(out < self.threshold))
         self._new_candidates(n + 1)
-        n = kernels.pairs_below(out, w, self.threshold, self.pair_i, self.pair_j, self.pair_d)
-        self.pair_i[n], self.pair_j[n], self.pair_d[n] = far_i, far_j, far_d
+        n = kernels.pairs_below(out, w, self.threshold, self.pairs)
+        self.pairs.i[n], self.pairs.j[n], self.pairs.d[n] = far_i, far_j, far_d
         self.n_pairs = n + 1
         self.moved[:] = 0.0
         self.max_bound = max(far_d, 0.0)
@@ -219,11 +226,11 @@ class GroupGram:
         while True:
             hits = np.empty(self.n_pairs, np.int64)
             verdict, d_min, found = kernels.closest_pairs(
-                self.pair_i, self.pair_j, self.pair_d, self.n_pairs, self.diag, self.moved, self.width,
-                self.threshold, self.max_bound, beta, self.tie, self.relative_tie, hits)
+                self.pairs, self.n_pairs, self.stats, self.width, self.threshold, self.max_bound, beta, self.tie,
+                self.relative_tie, hits)
             if verdict == kernels.MERGE:
                 hits = hits[:found]
-                return Closest(d_min, np.stack([self.pair_i[hits], self.pair_j[hits]], 1))
+                return Closest(d_min, np.stack([self.pairs.i[hits], self.pairs.j[hits]], 1))
             if verdict == kernels.STOP:
                 return Closest(d_min, np.zeros((0, 2), np.int64))
             # A full pass; if even its closest pairs cannot settle it (massive ties): all pairs.
@@ -236,10 +243,10 @@ class GroupGram:
         ``wa·a + wb·b``); position ``b`` is removed (the last position moves into it). The candidates
         lose the pairs of ``a`` and ``b`` and gain the merged channel's pairs closer than
         ``threshold`` (and its farthest pair)."""
-        if self.n_pairs + self.width > len(self.pair_i):
+        if self.n_pairs + self.width > len(self.pairs.i):
             self._grow_candidates()
         self.n_pairs, farthest = kernels.merge_positions(
-            self.parts, self.basis, *self._pending, self.diag, self.moved, a, b, wa, wb, self.width,
-            self.pair_i, self.pair_j, self.pair_d, self.n_pairs, self.threshold)
+            self.parts, self.basis, self.layout, self.stats, MergeWeights(a, b, wa, wb), self.width, self.pairs,
+            self.n_pairs, self.threshold)
         self.width -= 1
         self.max_bound = max(self.max_bound, farthest)

@@ -11,17 +11,51 @@ Conventions shared with :class:`ifm.gram.GroupGram`:
 * ``parts[q]`` (``q`` = 0: rows part, 1: columns part) is symmetric, and only its upper triangle
   (``[i, j]`` with ``i <= j``) is kept up to date: :func:`upper` reads it.
 * Pending products ``U diag(sign) U^T`` are stored as rows of ``basis`` (``basis[c, p]`` = ``U[p, c]``)
-  in three regions: the rows part's (sign -1) in ``[0, r0)``, the columns part's sign +1 half in
-  ``[cap, cap + rp)`` and its sign -1 half in ``[cap + half, cap + half + rp)``.
+  in three regions described by a :class:`PendingLayout`.
+* A group's candidate pairs are :class:`CandidatePairs`, of which the first ``n_pairs`` are live, and its
+  per-position numbers are :class:`PositionStats`.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 _jit = numba.njit(cache=True, nogil=True)
+
+
+class CandidatePairs(NamedTuple):
+    """Position pairs ``(i[t], j[t])`` and their exact Eq. 6 distances ``d[t]`` (room for more than are live)."""
+    i: np.ndarray
+    j: np.ndarray
+    d: np.ndarray
+
+
+class PositionStats(NamedTuple):
+    """Per position: ``diag`` = ``G_pp`` (pending products included) and ``moved`` = how far the position's
+    distances to non-candidates may have fallen since the last full pass (half the bound, see ``ifm.gram``)."""
+    diag: np.ndarray
+    moved: np.ndarray
+
+
+class PendingLayout(NamedTuple):
+    """Where the pending products sit in ``basis``: the rows part's (all sign -1) in ``[0, rows_used)``; the
+    columns part's sign +1 columns in ``[capacity, capacity + cols_used)`` and its sign -1 columns in
+    ``[capacity + col_half, capacity + col_half + cols_used)``."""
+    rows_used: int
+    cols_used: int
+    capacity: int
+    col_half: int
+
+
+class MergeWeights(NamedTuple):
+    """Channels ``a`` and ``b`` merge; a count-weighted mean gives them the weights ``wa`` and ``wb``."""
+    a: int
+    b: int
+    wa: float
+    wb: float
 
 
 @_jit
@@ -33,19 +67,17 @@ def upper(parts, q, i, j):
 
 
 @_jit
-def region(which, r0, rp, cap, half):
-    """Pending rows ``lo .. hi`` of region ``which`` (0, 1, 2), their sign, and whether the rows part
-    (``True``: merging sums them) or the columns part (count-weighted) holds them."""
+def region(which, layout):
+    """Pending rows ``lo .. hi`` of region ``which`` (0, 1, 2) of a :class:`PendingLayout`, their sign, and
+    whether the rows part (``True``: merging sums them) or the columns part (count-weighted) holds them."""
     if which == 0:
-        return 0, r0, -1.0, True
-    if which == 1:
-        return cap, cap + rp, 1.0, False
-    return cap + half, cap + half + rp, -1.0, False
+        return 0, layout.rows_used, -1.0, True
+    start = layout.capacity if which == 1 else layout.capacity + layout.col_half
+    return start, start + layout.cols_used, 1.0 if which == 1 else -1.0, False
 
 
 @_jit
-def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, second_row,
-                 diag, moved, pair_i, pair_j, pair_d, n_pairs):
+def merge_linked(slices, merge, mean, slot_pos, width, dest, first_row, second_row, stats, pairs, n_pairs):
     """A neighbour merges its channels ``a`` and ``b`` (weights ``wa``, ``wb``) in a tensor that this
     group indexes too: merge their slices in place at this group's live slots, write the change of
     this group's Gram matrix, ``u diag(sign) u^T``, into ``dest``: the first ``k`` columns of ``u``
@@ -60,8 +92,10 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
     with ``P = A + B``, ``Q = A - B``. Count-weighted columns (``mean`` true): ``N N^T - A A^T - B B^T
     = -X X^T`` with ``X = [B + wb (A - B), sqrt(2 wa wb) (A - B)]``.
     """
+    a, b, wa, wb = merge
+    diag, moved = stats
     k = slices.shape[2]
-    half = math.sqrt(0.5)
+    inv_sqrt2 = math.sqrt(0.5)
     spread_scale = math.sqrt(2.0 * wa * wb)
     first_sign = -1.0 if mean else 1.0
     u = np.empty((width, 2 * k), dest.dtype)  # compact: the pairs below read it at random rows
@@ -97,8 +131,8 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
             for c in range(k):
                 x = slices[a, s, c]
                 y = slices[b, s, c]
-                first = (x + y) * half
-                second = (x - y) * half
+                first = (x + y) * inv_sqrt2
+                second = (x - y) * inv_sqrt2
                 u[p, c] = first
                 u[p, k + c] = second
                 first_sq += first * first
@@ -117,8 +151,8 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
         for p in range(width):
             dest[second_row + c, p] = u[p, k + c]
     for t in range(n_pairs):  # D_ij changes by (u_i - u_j) diag(sign) (u_i - u_j)^T
-        i = pair_i[t]
-        j = pair_j[t]
+        i = pairs.i[t]
+        j = pairs.j[t]
         first_change = 0.0
         second_change = 0.0
         for c in range(k):
@@ -126,18 +160,19 @@ def merge_linked(slices, a, b, wa, wb, mean, slot_pos, width, dest, first_row, s
             first_change += delta * delta
             delta = u[i, c + k] - u[j, c + k]
             second_change += delta * delta
-        pair_d[t] += first_sign * first_change - second_change
+        pairs.d[t] += first_sign * first_change - second_change
     return largest
 
 
 @_jit
-def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, width,
-                    pair_i, pair_j, pair_d, n_pairs, threshold):
+def merge_positions(parts, basis, layout, stats, merge, width, pairs, n_pairs, threshold):
     """Position ``a`` becomes the merge of positions ``a`` and ``b`` of a ``width``-channel Gram
     matrix: rows part summed, columns part ``wa·a + wb·b``, pending products likewise; then the last
     position moves into ``b``, and the candidates are updated (:func:`replace_candidates`, which
     needs room for ``width`` more pairs). Returns the new number of candidate pairs and the merged
     channel's farthest distance."""
+    a, b, wa, wb = merge
+    diag, moved = stats
     rows = np.empty(width, parts.dtype)
     cols = np.empty(width, parts.dtype)
     for p in range(width):
@@ -152,7 +187,7 @@ def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, 
         parts[1, p, a] = cols[p]
     pending = 0.0
     for which in range(3):
-        lo, hi, sign, summed = region(which, r0, rp, cap, half)
+        lo, hi, sign, summed = region(which, layout)
         for c in range(lo, hi):
             if summed:
                 basis[c, a] += basis[c, b]
@@ -171,7 +206,7 @@ def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, 
                     parts[q, p, b] = value
             parts[q, b, b] = parts[q, last, last]
         for which in range(3):
-            lo, hi, sign, summed = region(which, r0, rp, cap, half)
+            lo, hi, sign, summed = region(which, layout)
             for c in range(lo, hi):
                 basis[c, b] = basis[c, last]
         diag[b] = diag[last]
@@ -184,12 +219,12 @@ def merge_positions(parts, basis, r0, rp, cap, half, diag, moved, a, b, wa, wb, 
         old = a if p == m else (last if p == b else p)
         gram_row[p] = rows[old] + cols[old]
     for which in range(3):  # ... plus the pending products
-        lo, hi, sign, summed = region(which, r0, rp, cap, half)
+        lo, hi, sign, summed = region(which, layout)
         for c in range(lo, hi):
             coef = basis[c, m] * sign
             for p in range(last):
                 gram_row[p] += coef * basis[c, p]
-    return replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag, threshold)
+    return replace_candidates(pairs, n_pairs, a, b, m, gram_row, diag, threshold)
 
 
 @_jit
@@ -211,7 +246,7 @@ def upper_distances(parts, width, diag, out):
 
 
 @_jit
-def pairs_below(distances, width, threshold, pair_i, pair_j, pair_d):
+def pairs_below(distances, width, threshold, pairs):
     """The pairs ``i < j`` (row-major ``distances`` as from :func:`upper_distances`) closer than
     ``threshold``, into the pair arrays. Returns their number."""
     t = 0
@@ -219,16 +254,16 @@ def pairs_below(distances, width, threshold, pair_i, pair_j, pair_d):
     for i in range(width):
         for j in range(i + 1, width):
             if distances[t] < threshold:
-                pair_i[kept] = i
-                pair_j[kept] = j
-                pair_d[kept] = distances[t]
+                pairs.i[kept] = i
+                pairs.j[kept] = j
+                pairs.d[kept] = distances[t]
                 kept += 1
             t += 1
     return kept
 
 
 @_jit
-def replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag, threshold):
+def replace_candidates(pairs, n_pairs, a, b, m, gram_row, diag, threshold):
     """After a merge of positions ``a`` and ``b`` (the last position, ``len(gram_row)``, moved into
     ``b``; the merged channel sits at ``m``): drop the pairs of ``a`` and ``b``, rename the moved
     position, and add the merged channel's pairs closer than ``threshold`` and its farthest pair.
@@ -238,17 +273,17 @@ def replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag,
     last = width
     kept = 0
     for t in range(n_pairs):
-        i = pair_i[t]
-        j = pair_j[t]
+        i = pairs.i[t]
+        j = pairs.j[t]
         if i == a or j == a or i == b or j == b:
             continue
         if i == last:
             i = b
         if j == last:
             j = b
-        pair_i[kept] = i
-        pair_j[kept] = j
-        pair_d[kept] = pair_d[t]
+        pairs.i[kept] = i
+        pairs.j[kept] = j
+        pairs.d[kept] = pairs.d[t]
         kept += 1
     far = 0
     for p in range(width):
@@ -259,14 +294,14 @@ def replace_candidates(pair_i, pair_j, pair_d, n_pairs, a, b, m, gram_row, diag,
             far = p
     for p in range(width):
         if p != m and gram_row[p] < threshold:
-            pair_i[kept] = m
-            pair_j[kept] = p
-            pair_d[kept] = gram_row[p]
+            pairs.i[kept] = m
+            pairs.j[kept] = p
+            pairs.d[kept] = gram_row[p]
             kept += 1
     if far != m:
-        pair_i[kept] = m
-        pair_j[kept] = far
-        pair_d[kept] = gram_row[far]
+        pairs.i[kept] = m
+        pairs.j[kept] = far
+        pairs.d[kept] = gram_row[far]
         kept += 1
     return kept, gram_row[far]
 
@@ -284,8 +319,7 @@ MERGE, STOP, RESCAN = 0, 1, 2
 
 
 @_jit
-def closest_pairs(pair_i, pair_j, pair_d, n_pairs, diag, moved, width, threshold, max_bound, beta, tie,
-                  relative_tie, hits):
+def closest_pairs(pairs, n_pairs, stats, width, threshold, max_bound, beta, tie, relative_tie, hits):
     """Eq. 9 on a group's candidates: ``(MERGE, d_min, number of hits)`` with the indices of the
     candidates tied at the smallest distance in ``hits``; ``(STOP, a lower bound on the smallest
     distance, 0)``; or ``(RESCAN, 0, 0)`` when the bounds cannot settle it.
@@ -294,6 +328,8 @@ def closest_pairs(pair_i, pair_j, pair_d, n_pairs, diag, moved, width, threshold
     is within ``2 tie max G_ii``) count as exact 0; otherwise distances within ``relative_tie`` of
     the smallest are tied. Every non-candidate pair is at least ``threshold - 2 (the two largest
     moved)`` apart, and none farther than ``max_bound``."""
+    diag, moved = stats
+    pair_i, pair_j, pair_d = pairs
     diag_max = -math.inf
     first = 0.0
     second = 0.0

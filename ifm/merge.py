@@ -91,18 +91,19 @@ def _cols(w: np.ndarray, n: int) -> np.ndarray:
 
 
 class _GroupState:
-    """Bookkeeping of one group: channel *slots* (original positions, where the weights stay), the
-    official channel order, counts and clusters, and the group's :class:`GroupGram` over positions."""
+    """Bookkeeping of one group: channel *slots* (original positions, where the weights stay), their Gram
+    *positions* (live channels ``0..width-1`` of the group's :class:`GroupGram`) and the official channel order,
+    counts and clusters. It alone changes the slot / position / official-order maps."""
 
     def __init__(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray], gram: GroupGram,
                  linked: set[tuple[str, int]]):
         n = group.width
-        self.group, self.n0, self.gram = group, n, gram
+        self.group, self.original_width, self.gram = group, n, gram
         self.counts = [1.0] * n  # per slot
         self.official: list[int] = list(range(n))  # live slots in the official channel order
         self.clusters: list[list[int]] = [[c] for c in range(n)]  # per slot
         self.slot_pos = np.arange(n)  # Gram position of each slot (-1: merged away)
-        self.pos2slot = np.arange(n)
+        self.pos2slot = np.arange(n)  # slot at each position (valid for positions < width)
         self.n_merges = 0
         self.dirty = True  # changed since it last declined
         # In-place views of the merged arrays that no neighbour shares (``linked`` ones are merged
@@ -123,9 +124,14 @@ class _GroupState:
     def official_slots(self) -> list[int]:
         return list(self.official)
 
+    def merge_weights(self, a: int, b: int) -> tuple[float, float]:
+        """The count-weighted mean's weights of slots ``a`` and ``b``."""
+        na, nb = self.counts[a], self.counts[b]
+        return na / (na + nb), nb / (na + nb)
+
     def first_in_official_order(self, pairs: np.ndarray) -> tuple[int, int]:
         """The slots of the tied position pair (``(k, 2)`` positions) that comes first in row-major official
-        order (vectorised: all-zero weights tie every pair)."""
+        order (one compiled loop: all-zero weights tie every pair)."""
         best = 0
         if len(pairs) > 1:
             rank = np.empty(len(self.slot_pos), np.int64)  # of each slot, then of each position
@@ -133,8 +139,9 @@ class _GroupState:
             best = kernels.first_ranked_pair(pairs, rank[self.pos2slot[:self.width]])
         return int(self.pos2slot[pairs[best, 0]]), int(self.pos2slot[pairs[best, 1]])
 
-    def merge_positions(self, a: int, b: int, wa: float, wb: float) -> None:
-        """Merge slots ``a`` and ``b`` in the Gram bookkeeping (the last position moves into ``b``'s)."""
+    def merge_slots(self, a: int, b: int, wa: float, wb: float) -> None:
+        """Slot ``a`` becomes the merge of slots ``a < b`` (weights ``wa``, ``wb``): in the Gram bookkeeping (the
+        last position moves into ``b``'s), the maps, counts, clusters and official order (merged channel last)."""
         pa, pb = int(self.slot_pos[a]), int(self.slot_pos[b])
         last = self.width - 1
         self.gram.merge(pa, pb, wa, wb)
@@ -143,6 +150,13 @@ class _GroupState:
             moved = int(self.pos2slot[last])
             self.pos2slot[pb] = moved
             self.slot_pos[moved] = pb
+        self.counts[a], self.counts[b] = self.counts[a] + self.counts[b], 0.0
+        self.clusters[a], self.clusters[b] = sorted(self.clusters[a] + self.clusters[b]), []
+        self.official.remove(a)
+        self.official.remove(b)
+        self.official.append(a)  # the merged channel goes last, as in the official code
+        self.n_merges += 1
+        self.dirty = True
 
 
 @dataclass
@@ -183,23 +197,23 @@ class IterativeMerger:
             raise IFMError(f"{bad} holds non-finite values (inf or NaN): IFM needs finite weights; "
                            "check the checkpoint (a diverged training?)")
         self.ran = False
-        owners = {(m.key, m.axis): gi for gi, g in enumerate(self.groups) for m in g.members}
+        owners = {(m.key, m.axis): index for index, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         linked: list[set[tuple[str, int]]] = [set() for _ in self.groups]  # members merged by a link
-        for gi, g in enumerate(self.groups):
+        for index, g in enumerate(self.groups):
             for m in g.members:
                 other = owners.get((m.key, 1 - m.axis))
                 if other is None or arrays[m.key].ndim < 2:
                     continue
-                if other == gi:
+                if other == index:
                     raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
                 slices = _link_slices(arrays[m.key], m.axis, g.width, self.groups[other].width)
-                self.links[gi].append(_Link(m.axis, other, slices))
-                linked[gi].add((m.key, m.axis))
+                self.links[index].append(_Link(m.axis, other, slices))
+                linked[index].add((m.key, m.axis))
         start = time.perf_counter()
         tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
-        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative), linked[gi])
-                       for gi, g in enumerate(self.groups)]
+        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative), linked[index])
+                       for index, g in enumerate(self.groups)]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
@@ -224,42 +238,34 @@ class IterativeMerger:
                 parts_t[m.axis] += gram_matrix(torch.from_numpy(rows).to(self.device))
         return parts if on_cpu else parts_t.cpu().numpy()
 
-    def distances(self, gi: int) -> Tensor:
+    def distances(self, index: int) -> Tensor:
         """Eq. 6 distances between the group's live channels, in the official channel order (rounding-
         level distances snapped to 0)."""
-        st = self.states[gi]
-        gram = st.gram
+        state = self.states[index]
+        gram = state.gram
         dist = gram.distance_matrix()
         i, j = np.indices(dist.shape)
         dist = gram.snap(dist, i, j)
         np.fill_diagonal(dist, 0.0)
-        order = st.slot_pos[st.official]
+        order = state.slot_pos[state.official]
         return torch.from_numpy(dist[np.ix_(order, order)])
 
     # ----------------------------------------------------------------------------- merging
-    def merge(self, gi: int, a: int, b: int) -> None:
-        """Merge slots ``a`` and ``b`` of group ``gi`` (rows summed, columns count-weighted mean)."""
-        st = self.states[gi]
+    def merge(self, index: int, a: int, b: int) -> None:
+        """Merge slots ``a`` and ``b`` of group ``index`` (rows summed, columns count-weighted mean)."""
+        state = self.states[index]
         if a > b:
             a, b = b, a
-        na, nb = st.counts[a], st.counts[b]
-        wa, wb = na / (na + nb), nb / (na + nb)
-        for link in self.links[gi]:  # at the other group's live slots only
+        wa, wb = state.merge_weights(a, b)
+        for link in self.links[index]:  # at the other group's live slots only
             self._update_linked_gram(link, a, b, wa, wb)
-        for rows in st.row_views:  # dead slots keep stale values: nothing reads them again
+        for rows in state.row_views:  # dead slots keep stale values: nothing reads them again
             rows[a] += rows[b]
-        if st.vectors is not None:
-            st.vectors[a] += st.vectors[b]
-        for cols in st.col_views:
+        if state.vectors is not None:
+            state.vectors[a] += state.vectors[b]
+        for cols in state.col_views:
             cols[:, a] += wb * (cols[:, b] - cols[:, a])
-        st.merge_positions(a, b, wa, wb)
-        st.counts[a], st.counts[b] = na + nb, 0.0
-        st.clusters[a], st.clusters[b] = sorted(st.clusters[a] + st.clusters[b]), []
-        st.official.remove(a)
-        st.official.remove(b)
-        st.official.append(a)  # the merged channel goes last, as in the official code
-        st.n_merges += 1
-        st.dirty = True
+        state.merge_slots(a, b, wa, wb)
 
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
         """Merge own channels ``a``, ``b`` in a tensor shared with another group, and update that
@@ -272,19 +278,19 @@ class IterativeMerger:
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
-    def visit(self, gi: int, beta: float, iteration: int, log: list[MergeStep]) -> bool:
-        """Examine group ``gi`` once: merge its closest pair unless Eq. 9 says stop."""
-        st = self.states[gi]
-        if not st.dirty:
+    def visit(self, index: int, beta: float, iteration: int, log: list[MergeStep]) -> bool:
+        """Examine group ``index`` once: merge its closest pair unless Eq. 9 says stop."""
+        state = self.states[index]
+        if not state.dirty:
             return False
-        found = st.gram.closest(beta)  # a decline needs only bounds, kept by the Gram bookkeeping
+        found = state.gram.closest(beta)  # a decline needs only bounds, kept by the Gram bookkeeping
         if found is None or len(found.ties) == 0:
-            st.dirty = False
+            state.dirty = False
             return False
-        a, b = st.first_in_official_order(found.ties)
-        ra, rb = st.official_rank(a), st.official_rank(b)
-        log.append(MergeStep(iteration, st.group.name, min(ra, rb), max(ra, rb), found.d_min))
-        self.merge(gi, a, b)
+        a, b = state.first_in_official_order(found.ties)
+        ra, rb = state.official_rank(a), state.official_rank(b)
+        log.append(MergeStep(iteration, state.group.name, min(ra, rb), max(ra, rb), found.d_min))
+        self.merge(index, a, b)
         return True
 
     def run(self, beta: float, max_ratio: float = 1.0, order: Order = "official",
@@ -297,23 +303,23 @@ class IterativeMerger:
         self.ran = True
         start = time.perf_counter()
         log: list[MergeStep] = []
-        bar = _progress_bar(progress, sum(s.n0 for s in self.states))
+        bar = _progress_bar(progress, sum(s.original_width for s in self.states))
         iteration = 0
         if order == "official":
             while True:
                 merged_any = False
-                for gi, st in enumerate(self.states):
-                    if iteration >= st.n0 * max_ratio:
+                for index, state in enumerate(self.states):
+                    if iteration >= state.original_width * max_ratio:
                         continue
-                    merged_any |= self.visit(gi, beta, iteration, log)
+                    merged_any |= self.visit(index, beta, iteration, log)
                 bar.update(len(log) - bar.n)
                 iteration += 1
                 if not merged_any:
                     break
         elif order == "layerwise":
-            for gi, st in enumerate(self.states):
-                st.dirty = True
-                while st.n_merges < st.n0 * max_ratio and self.visit(gi, beta, iteration, log):
+            for index, state in enumerate(self.states):
+                state.dirty = True
+                while state.n_merges < state.original_width * max_ratio and self.visit(index, beta, iteration, log):
                     iteration += 1
                     bar.update(1)
         else:
@@ -323,7 +329,7 @@ class IterativeMerger:
         return MergeResult(
             state_dict=self.merged_state_dict(),
             widths={s.group.name: s.width for s in self.states},
-            original_widths={s.group.name: s.n0 for s in self.states},
+            original_widths={s.group.name: s.original_width for s in self.states},
             clusters={s.group.name: [s.clusters[k] for k in s.official_slots()] for s in self.states},
             merge_log=log, iterations=iteration, seconds=seconds,
             beta=beta, max_ratio=max_ratio, order=order)
@@ -331,12 +337,12 @@ class IterativeMerger:
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
         current = dict(self.arrays)
-        for st in self.states:  # 1-D rows were merged in their stacked copy
-            current.update({key: st.vectors[:, c] for c, key in enumerate(st.vector_keys)})
+        for state in self.states:  # 1-D rows were merged in their stacked copy
+            current.update({key: state.vectors[:, c] for c, key in enumerate(state.vector_keys)})
         keep = {}  # (key, axis) -> (group width, kept slots in official order)
-        for st in self.states:
-            slots = np.array(st.official_slots(), np.int64)
-            keep.update({(m.key, m.axis): (st.n0, slots) for m in st.group.members})
+        for state in self.states:
+            slots = np.array(state.official_slots(), np.int64)
+            keep.update({(m.key, m.axis): (state.original_width, slots) for m in state.group.members})
         out = {}
         for key, source in self.source.items():
             if key not in current:
@@ -348,8 +354,8 @@ class IterativeMerger:
             rows = np.arange(n_rows) if rows is None else rows
             cols = np.arange(n_cols) if cols is None else cols
             grid = w.reshape(n_rows, n_cols, -1)
-            half = source.dtype in HALF_DTYPES  # gathered in float32, then cast
-            dtype = np.float32 if half else _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
+            via_float32 = source.dtype in HALF_DTYPES  # gathered in float32, then cast
+            dtype = np.float32 if via_float32 else _numpy_dtype(source.dtype) if source.dtype.is_floating_point else w.dtype
             gathered = np.empty((len(rows), len(cols), grid.shape[2]), dtype)
             kernels.gather_channels(grid, rows, cols, gathered)
             shape = (len(rows), *source.shape[1:]) if (key, 1) not in keep else \
@@ -395,7 +401,7 @@ def distance_matrices(state_dict: Mapping[str, Tensor], groups: Sequence[Channel
     in float64 and the official channel order."""
     merger = IterativeMerger(state_dict, groups, device="cpu")
     chosen = range(len(merger.groups)) if indices is None else indices
-    return {merger.groups[gi].name: merger.distances(gi) for gi in chosen}
+    return {merger.groups[index].name: merger.distances(index) for index in chosen}
 
 
 def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],

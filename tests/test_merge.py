@@ -201,8 +201,8 @@ def test_candidate_distances_and_bounds_hold_for_every_pair(beta, monkeypatch):
             continue
         moved = np.sort(gram.moved[:w])[-2:].sum()
         threshold, max_bound = gram.threshold, gram.max_bound
-        pairs = list(zip(gram.pair_i[:n].tolist(), gram.pair_j[:n].tolist()))
-        stored = gram.pair_d[:n].copy()
+        pairs = list(zip(gram.pairs.i[:n].tolist(), gram.pairs.j[:n].tolist()))
+        stored = gram.pairs.d[:n].copy()
         exact = gram.distance_matrix()  # (adds the pending products to the parts: G is unchanged)
         scale = float(np.abs(exact).max())
         for (i, j), d in zip(pairs, stored):

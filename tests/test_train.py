@@ -26,6 +26,18 @@ def test_all_seven_configs_exist_and_follow_the_paper():
         assert cfg.data.augment == ["crop", "flip"] and cfg.data.normalize is False
 
 
+def test_configs_share_one_base_and_a_file_overrides_it(tmp_path):
+    (tmp_path / "a.yml").write_text("base: b.yml\ntrain:\n  epochs: 7\n")
+    (tmp_path / "b.yml").write_text("base: recipe.yml\nmodel:\n  name: VGG13\ntrain:\n  epochs: 9\n  lr: 0.05\n")
+    (tmp_path / "recipe.yml").write_text((CFGS[0].parent / "cifar10_paper.yml").read_text())
+    config = load_config(tmp_path / "a.yml", ["train.seed=3"])
+    assert (config.model.name, config.train.epochs, config.train.lr, config.train.seed) == ("VGG13", 7, 0.05, 3)
+    assert config.train.milestones == [80, 120]  # from the shared recipe
+    (tmp_path / "recipe.yml").write_text("base: a.yml\n")
+    with pytest.raises(IFMError, match="cycle"):
+        load_config(tmp_path / "a.yml")
+
+
 @pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
 def test_one_epoch_on_tiny_data(cfg, cifar_root, tmp_path):
     config = load_config(cfg, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
