@@ -1,9 +1,12 @@
-"""Architecture registry: one small description per architecture (how to build it, its channel
-spaces, its input size); everything else is generic."""
+"""Architecture registry: one small description per architecture (how to build it, its input size, how
+its traced channel groups are named and filtered); the channel spaces come from the model's graph
+(:mod:`ifm.trace`), the same for every architecture."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -11,26 +14,70 @@ from torch import nn
 import models
 
 from .errors import IFMError
-from .groups import RESNET_OFFICIAL_STAGES, ChannelGroup, LayerSpaces, build_groups, chain_spaces, resnet_spaces
+from .groups import RESNET_OFFICIAL_STAGES, ChannelGroup, LayerSpaces, build_groups
 from .slim import slim_model
+from .trace import TracedGraph, trace_spaces, traced_layer_spaces
 
 Tensor = torch.Tensor
 
 
+def first_producer(producers: Sequence[str]) -> str:
+    """A traced group's default name: its first producing layer."""
+    return producers[0]
+
+
+def vgg_group_name(producers: Sequence[str]) -> str:
+    """The official VGG names: ``perm_<layer>`` after the conv/linear that opens the group."""
+    return f"perm_{producers[0]}"
+
+
+def resnet_group_name(producers: Sequence[str]) -> str:
+    """The official ResNet names: ``layer<s>.<b>.relu<k>`` after the first block conv producing the group
+    (a residual stream is named after its first block's last conv)."""
+    for prefix in producers:
+        match = re.fullmatch(r"(layer\d\.\d+)\.conv(\d)", prefix)
+        if match:
+            return f"{match[1]}.relu{match[2]}"
+    return producers[0]
+
+
+def resnet_stage(producers: Sequence[str]) -> int:
+    """The stage of a ResNet group: the first stage among its producers (the stem counts as stage 1)."""
+    return min(int(p[5]) if re.match(r"layer\d\.", p) else 1 for p in producers)
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """How to build a model and describe its channel spaces."""
+    """How to build a model, the input it takes, and how its traced channel groups are named (and, for
+    ResNets, which stages are merged)."""
 
     name: str
     dataset: str
     input_size: tuple[int, int, int]
     build: Callable[[int], nn.Module]
-    spaces: Callable[[Mapping[str, Tensor], Iterable[int]], dict[str, LayerSpaces]]
-    is_resnet: bool
+    is_resnet: bool = False
+    group_name: Callable[[Sequence[str]], str] = first_producer
 
+    def trace(self, state_dict: Mapping[str, Tensor]) -> TracedGraph:
+        """The graph of this architecture, recorded on a model built on the meta device (no weights)."""
+        try:
+            with torch.device("meta"):
+                model = self.build(num_classes_of(state_dict))
+        except IFMError:
+            raise
+        except Exception:  # a model that cannot be built on the meta device
+            model = self.build(num_classes_of(state_dict))
+        return trace_spaces(model, self.input_size)
 
-def _chain(state_dict: Mapping[str, Tensor], stages: Iterable[int]) -> dict[str, LayerSpaces]:
-    return chain_spaces(state_dict)
+    def spaces(self, state_dict: Mapping[str, Tensor], stages: Iterable[int] | None = None,
+               graph: TracedGraph | None = None) -> dict[str, LayerSpaces]:
+        """The space map of this architecture (from ``graph``, or traced now)."""
+        graph = graph or self.trace(state_dict)
+        keep = None
+        if self.is_resnet:
+            chosen = set(RESNET_OFFICIAL_STAGES if stages is None else stages)
+            keep = lambda producers: resnet_stage(producers) in chosen  # noqa: E731
+        return traced_layer_spaces(graph, self.group_name, keep)
 
 
 def _torchvision(name: str) -> Callable[[int], nn.Module]:
@@ -48,35 +95,123 @@ def _registry() -> dict[str, Architecture]:
     archs: dict[str, Architecture] = {}
     for name in ["VGG11", "VGG13", "VGG16", "VGG19", "ResNet18", "ResNet34", "ResNet50"]:
         resnet = name.startswith("ResNet")
-        archs[name] = Architecture(name, "cifar10", (3, 32, 32), _cifar(name),
-                                   resnet_spaces if resnet else _chain, resnet)
+        archs[name] = Architecture(name, "cifar10", (3, 32, 32), _cifar(name), resnet,
+                                   resnet_group_name if resnet else vgg_group_name)
     for depth in [11, 13, 16, 19]:
         for name in [f"vgg{depth}", f"vgg{depth}_bn"]:
-            archs[name] = Architecture(name, "imagenet", (3, 224, 224), _torchvision(name), _chain, False)
+            archs[name] = Architecture(name, "imagenet", (3, 224, 224), _torchvision(name), False, vgg_group_name)
     for name in ["resnet18", "resnet34", "resnet50"]:
-        archs[name] = Architecture(name, "imagenet", (3, 224, 224), _torchvision(name), resnet_spaces, True)
+        archs[name] = Architecture(name, "imagenet", (3, 224, 224), _torchvision(name), True, resnet_group_name)
     return archs
 
 
 ARCHITECTURES: dict[str, Architecture] = _registry()
 
 
-def get_architecture(name: str) -> Architecture:
-    """Look an architecture up by name (``VGG16``, ``ResNet50``, ``vgg16_bn``, ``resnet50``...)."""
-    if name not in ARCHITECTURES:
-        raise IFMError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+def get_architecture(name: str, input_size: Sequence[int] | None = None) -> Architecture:
+    """Look an architecture up by name: a registered one (``VGG16``, ``ResNet50``, ``vgg16_bn``, ``resnet50``...,
+    with the official group names), any torchvision classification model (``mobilenet_v2``, ``densenet121``...)
+    or ``package.module:callable`` returning an ``nn.Module`` of yours; ``input_size`` (C, H, W) replaces the
+    default input (CIFAR 3x32x32, else 3x224x224) for tracing."""
+    if name in ARCHITECTURES:
+        arch = ARCHITECTURES[name]
+    elif ":" in name:
+        arch = Architecture(name, "imagenet", (3, 224, 224), _user_builder(name))
+    elif name in _torchvision_names():
+        arch = Architecture(name, "imagenet", (3, 224, 224), _torchvision(name))
+    else:
+        raise IFMError(f"unknown architecture {name!r}: use one of {', '.join(ARCHITECTURES)}, a torchvision "
+                       "classification model (e.g. mobilenet_v2) or module:callable for a model of yours")
+    if input_size is not None:
+        if len(input_size) != 3 or min(input_size) <= 0:
+            raise IFMError(f"--input_size takes C H W, e.g. 3 224 224; got {list(input_size)}")
+        arch = dataclasses.replace(arch, input_size=tuple(int(v) for v in input_size))
+    return arch
 
 
-def channel_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor],
-                   stages: Iterable[int] | None = None) -> list[ChannelGroup]:
-    """Channel groups of ``state_dict`` for ``arch`` (ResNets: ``stages``, default the official (3, 4))."""
+def _torchvision_names() -> list[str]:
+    import torchvision
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _user_builder(spec: str) -> Callable[[int], nn.Module]:
+    """``module:callable`` (``num_classes`` is passed when the callable takes it)."""
+    import importlib
+    import inspect
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise IFMError(f"cannot import {spec}: {exc} (is its folder on PYTHONPATH?)") from None
+    try:
+        takes_classes = "num_classes" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes_classes = False
+
+    def build(num_classes: int) -> nn.Module:
+        model = factory(num_classes=num_classes) if takes_classes else factory()
+        if not isinstance(model, nn.Module):
+            raise IFMError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+        return model
+    return build
+
+
+def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str, Tensor] | None = None,
+                   stages: Iterable[int] | None = None, input_size: Sequence[int] = (3, 224, 224)
+                   ) -> list[ChannelGroup]:
+    """Channel groups of ``state_dict`` for ``arch`` (ResNets: ``stages``, default the official (3, 4)).
+
+    ``arch`` may also be any ``nn.Module``: its groups are traced from one forward pass on a
+    ``(1, *input_size)`` input, for its own weights unless ``state_dict`` is given."""
+    if isinstance(arch, nn.Module):
+        graph = trace_spaces(arch, input_size)
+        return build_groups(arch.state_dict() if state_dict is None else state_dict, traced_layer_spaces(graph))
     arch = get_architecture(arch) if isinstance(arch, str) else arch
+    if state_dict is None:
+        raise ValueError("channel_groups needs the state dict for an architecture name")
     if stages is not None and not arch.is_resnet:
         raise IFMError(f"--stages applies to ResNets only, not {arch.name}")
     if stages is not None and (not list(stages) or not set(stages) <= {1, 2, 3, 4}):
         raise IFMError(f"ResNet stages are 1, 2, 3 and 4; got {list(stages)} (the official choice is 3 4)")
-    return build_groups(state_dict, arch.spaces(state_dict, stages or RESNET_OFFICIAL_STAGES))
+    return build_groups(state_dict, arch.spaces(state_dict, stages))
+
+
+def check_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                 seed: int = 0) -> float:
+    """Permute every group's channels at random: the model's output (float64, one random input) must not change,
+    else the groups are wrong and :class:`IFMError` says so. Returns the relative change."""
+    from .permute import permute_channels
+    arch = get_architecture(arch) if isinstance(arch, str) else arch
+    gen = torch.Generator().manual_seed(seed)
+    perms = {g.name: torch.randperm(g.width, generator=gen) for g in groups}
+    x = torch.randn(2, *arch.input_size, generator=gen, dtype=torch.float64)
+    outputs = []
+    for sd in (state_dict, permute_channels(state_dict, groups, perms)):
+        model = model_for_state_dict(arch, sd).double().eval()
+        with torch.no_grad():
+            out = model(x)
+        outputs.append(out if isinstance(out, Tensor) else out[0])
+    change = float((outputs[0] - outputs[1]).abs().max() / outputs[0].abs().max().clamp_min(1e-30))
+    if not change <= 1e-9:
+        raise IFMError(f"permuting the channel groups traced from {arch.name} changes its output (by {change:.2g} "
+                       "relative): an op the rule table misreads; please report it with the model")
+    return change
+
+
+def describe_groups(graph: TracedGraph, groups: Sequence[ChannelGroup]) -> str:
+    """``--list_groups``: each group with its width and the layers and axes it touches, then the frozen spaces
+    and why, and the discovery time."""
+    lines = [f"{len(groups)} channel groups (traced in {graph.seconds:.2f} s):"]
+    for g in groups:
+        producers = sorted({m.key.rpartition('.')[0] for m in g.members if m.axis == 0})
+        consumers = sorted({m.key.rpartition('.')[0] for m in g.members if m.axis == 1})
+        lines.append(f"  {g.name}  width {g.width}: rows of {', '.join(producers)}; "
+                     f"columns of {', '.join(consumers) or '-'}")
+    frozen = [(s.producer, s.width, graph.frozen_reason(s.id)) for s in graph.spaces
+              if s.producer and graph.frozen_reason(s.id)]
+    lines.append(f"{len(frozen)} frozen spaces (never merged):")
+    lines += [f"  {producer}  width {width}: {reason}" for producer, width, reason in frozen]
+    return "\n".join(lines)
 
 
 def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:

@@ -33,10 +33,12 @@ class RunSpec:
     data_root: str | None = None  # None: merge only, no evaluation
     eval_samples: int | None = None  # None: the whole test split
     download: bool = False  # let torchvision download CIFAR-10
+    input_size: tuple[int, ...] | None = None  # (C, H, W) to trace the model with; None: the architecture's
 
     def __post_init__(self):
-        if self.stages is not None:
-            object.__setattr__(self, "stages", tuple(self.stages))
+        for name in ("stages", "input_size"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
@@ -87,7 +89,7 @@ def from_args(args: argparse.Namespace) -> tuple[RunSpec, RunOptions]:
                    bn_mode=get("bn_mode") or "official", recalibrate_bn=get("recalibrate_bn") or 0,
                    method=get("baseline") or "ifm", seeds=get("seeds", 5),
                    data_root=None if args.no_eval else args.data_root, eval_samples=args.eval_samples,
-                   download=bool(get("download")))
+                   download=bool(get("download")), input_size=get("input_size"))
     options = RunOptions(results=args.results, save_merged=args.save_merged, overwrite=args.overwrite,
                          device=args.device, batch_size=args.batch_size, workers=args.workers,
                          progress=not args.no_progress)

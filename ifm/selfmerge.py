@@ -17,12 +17,14 @@ from torch import nn
 from . import beyond
 from . import data as datasets
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .archs import Architecture, channel_groups, get_architecture, model_for_state_dict, num_classes_of
+from .archs import (ARCHITECTURES, Architecture, channel_groups, check_groups, describe_groups,
+                    get_architecture, model_for_state_dict, num_classes_of)
 from .cli import cli_main
 from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from .device import pick_device
+from .groups import build_groups
 from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
 from .metrics import count_flops, count_params
 from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
@@ -38,6 +40,14 @@ def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: s
             p.add_argument("--vgg_name", default="VGG16", choices=["VGG11", "VGG13", "VGG16", "VGG19"])
         else:
             p.add_argument("--resnet_name", default="ResNet18", choices=["ResNet18", "ResNet34", "ResNet50"])
+    elif family == "any":
+        p.add_argument("--arch", required=True, help="a torchvision model (mobilenet_v2, densenet121, resnet50...) "
+                                                     "or module:callable returning your nn.Module")
+        p.add_argument("--input_size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                       help="input to trace the model with (default 3 224 224; 3 32 32 for CIFAR models)")
+        p.add_argument("--list_groups", action="store_true",
+                       help="list the channel groups and the frozen spaces (with the reason), then stop")
+        p.add_argument("--weights", default=None, help="torchvision weights instead of --model_param, e.g. DEFAULT")
     else:
         default = "vgg16" if family == "vgg" else "resnet50"
         p.add_argument("--arch", default=default, help="torchvision name, e.g. vgg16, vgg16_bn, resnet50")
@@ -111,7 +121,7 @@ def _training_normalization(checkpoint: Path) -> tuple | None:
 
 def load_model(spec: RunSpec) -> LoadedModel:
     """Read the checkpoint (or torchvision weights) and check it fits the architecture."""
-    arch = get_architecture(spec.arch)
+    arch = get_architecture(spec.arch, spec.input_size)
     if spec.weights:
         if spec.model_param:
             raise IFMError("pass either --model_param or --weights, not both")
@@ -125,6 +135,8 @@ def load_model(spec: RunSpec) -> LoadedModel:
         checkpoint, digest = str(spec.model_param), file_digest(spec.model_param)
         normalize = _training_normalization(Path(spec.model_param)) if arch.dataset == "cifar10" else None
     model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
+    if spec.arch not in ARCHITECTURES:  # traced groups of a model nobody described: checked once
+        check_groups(arch, state_dict, channel_groups(arch, state_dict))
     return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model)
 
 
@@ -318,16 +330,34 @@ def format_record(record: dict) -> str:
 
 
 def cli(dataset: str, family: str, argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``*_self_merge.py`` scripts: one line on stderr and exit 2 on bad input."""
-    parser = merge_argument_parser(dataset, family, description=f"Iterative Feature Merging on a {dataset} "
-                                                                f"{family.upper()}")
-    spec, options = from_args(parser.parse_args(argv))
+    """Entry point of the ``*_self_merge.py`` scripts (``family="any"``: ``scripts/self_merge.py``, any CNN): one
+    line on stderr and exit 2 on bad input."""
+    what = "any CNN" if family == "any" else f"a {dataset} {family.upper()}"
+    parser = merge_argument_parser(dataset, family, description=f"Iterative Feature Merging on {what}")
+    args = parser.parse_args(argv)
+    spec, options = from_args(args)
 
     def main() -> None:
+        if getattr(args, "list_groups", False):
+            print(list_groups(spec))
+            return
         record = run_self_merge(spec, options)
         print(format_record(record))
         print(f"results appended to {options.results}")
     return cli_main(main)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/self_merge.py`` and the ``ifm`` command: IFM on any CNN."""
+    return cli("imagenet", "any", argv)
+
+
+def list_groups(spec: RunSpec) -> str:
+    """The channel groups of the run's model and its frozen spaces (``--list_groups``)."""
+    loaded = load_model(spec)
+    graph = loaded.arch.trace(loaded.state_dict)
+    groups = build_groups(loaded.state_dict, loaded.arch.spaces(loaded.state_dict, spec.stages, graph))
+    return describe_groups(graph, groups)
 
 
 def add_extension_arguments(parser: argparse.ArgumentParser) -> None:

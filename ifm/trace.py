@@ -1,0 +1,346 @@
+"""Channel spaces of any CNN, found by recording one forward pass.
+
+The model runs once on an example input (on the ``meta`` device: no arithmetic, no memory) under a
+:class:`~torch.overrides.TorchFunctionMode` that sees every torch call. Beside each activation it keeps
+the *labels* of its dim-1 entries: which channel space, and which channel of it, each entry holds. The
+rule table:
+
+* ``conv2d`` (``groups == 1``) and ``linear`` open a new space for their outputs and record the space
+  of their input (a linear after ``flatten`` sees each channel as a block of positions);
+* channel-wise ops pass the labels through: batch norm (whose parameters join the space), activations,
+  pooling, dropout, padding, resizing, reductions over spatial dims, ``flatten`` (labels repeated per
+  position);
+* ``add``/``sub`` of two activations (residual streams) unite the spaces of their operands;
+* everything else that takes an activation — grouped and depthwise convs, concatenation, products of
+  activations (gates), channel-indexed parameters used outside a conv/linear/BN (layer scales),
+  reshapes that split channels, permutes, normalisations over channels, attention — *freezes* the
+  spaces involved, with the reason: they are never merged (never a wrong merge). The model's output
+  space is frozen too.
+
+The result is a space map (``layer prefix -> LayerSpaces``) that :func:`ifm.groups.build_groups` turns
+into channel groups, as for the hand-written maps.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import IFMError
+from .groups import LayerSpaces
+
+Tensor = torch.Tensor
+
+#: ops that act on each channel separately (same dim-1 size in and out): labels pass through
+CHANNELWISE = frozenset("""
+relu relu_ relu6 hardtanh hardtanh_ leaky_relu leaky_relu_ elu elu_ selu celu gelu silu silu_ mish hardswish
+hardswish_ sigmoid sigmoid_ hardsigmoid tanh tanh_ softplus
+dropout dropout_ dropout1d dropout2d dropout3d feature_dropout alpha_dropout feature_alpha_dropout
+max_pool1d max_pool2d max_pool3d _max_pool2d max_pool2d_with_indices avg_pool1d avg_pool2d avg_pool3d
+adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool2d _adaptive_max_pool2d
+adaptive_max_pool2d_with_indices lp_pool2d pad interpolate upsample upsample_nearest upsample_bilinear
+contiguous clone to float double half type_as detach requires_grad_ __getitem__
+""".split())
+#: channel-wise activations that are not positively homogeneous (f(2z) != 2 f(z)): summing the producing rows
+#: of two duplicates (the official rule) changes what the consumers see, so these spaces are frozen
+NON_HOMOGENEOUS = frozenset("""
+relu6 hardtanh hardtanh_ elu elu_ selu celu gelu silu silu_ mish hardswish hardswish_ sigmoid sigmoid_ hardsigmoid
+tanh tanh_ softplus
+""".split())
+#: reductions that keep dim 1 when they reduce other dims
+REDUCTIONS = frozenset("mean sum amax amin max min".split())
+#: elementwise ops whose two activation operands must hold the same channels (their spaces unite)
+UNITING = frozenset("add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__".split())
+#: arithmetic that, with a number (or a one-element tensor) as the other operand, treats every channel alike
+SCALAR_ARITHMETIC = UNITING | frozenset("mul mul_ __mul__ __imul__ __rmul__ div div_ __truediv__ __itruediv__".split())
+#: results of these carry no activation (sizes, flags)
+IGNORED = frozenset("dim size numel __len__ __bool__ __format__ __repr__ is_floating_point zeros ones".split())
+
+
+@dataclass
+class Space:
+    """A channel space: the outputs of one conv/linear (or the input), possibly united with others."""
+    id: int
+    producer: str | None  # layer prefix, None for the input
+    width: int
+    frozen: str | None = None  # why its channels may not be merged
+
+
+@dataclass
+class Labels:
+    """Which space and channel each dim-1 entry of an activation holds (``block``: entries per channel)."""
+    space: np.ndarray
+    index: np.ndarray
+
+    def plain(self) -> tuple[int, int] | None:
+        """``(space, block)`` when the entries are one space's channels in order, each repeated ``block``
+        times (a flattened conv output), else None."""
+        if len(self.space) == 0 or (self.space != self.space[0]).any():
+            return None
+        channels = int(self.index.max()) + 1
+        if len(self.index) % channels:
+            return None
+        block = len(self.index) // channels
+        if not np.array_equal(self.index, np.repeat(np.arange(channels), block)):
+            return None
+        return int(self.space[0]), block
+
+
+@dataclass
+class TracedGraph:
+    """What one forward pass showed: the spaces, each layer's input and output space, and timing."""
+    spaces: list[Space]
+    parent: list[int]
+    layers: dict[str, tuple[int | None, int | None, str]]  # prefix -> (in space, out space, kind)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def root(self, space: int) -> int:
+        while self.parent[space] != space:
+            self.parent[space] = self.parent[self.parent[space]]
+            space = self.parent[space]
+        return space
+
+    def frozen_reason(self, space: int) -> str | None:
+        """Why the united space of ``space`` is frozen (None: it may be merged)."""
+        root = self.root(space)
+        reasons = [s.frozen for s in self.spaces if s.frozen and self.root(s.id) == root]
+        return reasons[0] if reasons else None
+
+    def space_map(self) -> dict[str, tuple[int | None, int | None]]:
+        """``prefix -> (in root, out root)`` with frozen spaces as None."""
+        def live(space: int | None) -> int | None:
+            return None if space is None or self.frozen_reason(space) else self.root(space)
+        return {prefix: (live(i), live(o)) for prefix, (i, o, _) in self.layers.items()}
+
+
+class _Recorder(TorchFunctionMode):
+    """Records labels of activations and the rule table's verdicts during one forward pass."""
+
+    def __init__(self, param_names: Mapping[int, str]):
+        super().__init__()
+        self.param_names = dict(param_names)
+        self.spaces: list[Space] = []
+        self.parent: list[int] = []
+        self.labels: dict[int, Labels] = {}
+        self.alive: list[Tensor] = []  # keeps labelled tensors alive, so their ids stay unique
+        self.layers: dict[str, tuple[int | None, int | None, str]] = {}
+
+    # ------------------------------------------------------------------ spaces
+    def new_space(self, producer: str | None, width: int, frozen: str | None = None) -> int:
+        sid = len(self.spaces)
+        self.spaces.append(Space(sid, producer, width, frozen))
+        self.parent.append(sid)
+        return sid
+
+    def root(self, sid: int) -> int:
+        while self.parent[sid] != sid:
+            sid = self.parent[sid]
+        return sid
+
+    def unite(self, a: int, b: int) -> None:
+        ra, rb = self.root(a), self.root(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def freeze(self, labels: Labels | None, reason: str) -> None:
+        if labels is None:
+            return
+        for sid in np.unique(labels.space):
+            space = self.spaces[int(sid)]
+            if space.frozen is None:
+                space.frozen = reason
+
+    def set_labels(self, tensor: Any, labels: Labels) -> None:
+        if isinstance(tensor, Tensor) and tensor.dim() >= 2 and tensor.shape[1] == len(labels.space):
+            self.labels[id(tensor)] = labels
+            self.alive.append(tensor)
+
+    def labels_of(self, tensor: Any) -> Labels | None:
+        return self.labels.get(id(tensor)) if isinstance(tensor, Tensor) else None
+
+    def fresh(self, producer: str | None, width: int, frozen: str | None = None) -> Labels:
+        sid = self.new_space(producer, width, frozen)
+        return Labels(np.full(width, sid), np.arange(width))
+
+    # ------------------------------------------------------------------ the mode
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name not in IGNORED and any(isinstance(t, Tensor) for t in _flatten_args((out,), {})):
+            self.record(name, args, kwargs, out)  # (calls that return no tensor, such as .shape, change nothing)
+        return out
+
+    def record(self, name: str, args: Sequence, kwargs: Mapping, out: Any) -> None:
+        flat = [a for a in _flatten_args(args, kwargs) if isinstance(a, Tensor)]
+        acts = [(a, self.labels_of(a)) for a in flat if self.labels_of(a) is not None]
+        params = [self.param_names[id(a)] for a in flat if id(a) in self.param_names]
+        if name in ("conv2d", "conv1d", "conv3d", "linear") and acts and params:
+            self.weighted_layer(name, args, kwargs, acts[0], params, out)
+        elif name == "batch_norm" and acts:
+            self.batch_norm(acts[0], params, out)
+        elif not acts:
+            if params and isinstance(out, Tensor):
+                pass  # parameters combined among themselves (e.g. a weight reparametrisation)
+        elif name in UNITING and len(acts) == 2 and not params:
+            self.uniting(name, acts, out)
+        elif len(acts) == 1 and not params and name in SCALAR_ARITHMETIC and len(flat) == 1 + sum(
+                t.numel() == 1 for t in flat if t is not acts[0][0]) and isinstance(out, Tensor) \
+                and out.shape == acts[0][0].shape:  # x * 0.5, x + 3: every channel alike
+            self.set_labels(out, acts[0][1])
+        elif len(acts) == 1 and not params and self.passes_through(name, acts[0][0], args, kwargs, out):
+            if name in NON_HOMOGENEOUS:
+                self.freeze(acts[0][1], f"passes through {name}: the official merge rule keeps a model's function "
+                                        "only through ReLU-like activations")
+            self.set_labels(out, acts[0][1])
+        elif len(acts) == 1 and not params and name in ("flatten", "view", "reshape") and self.flattens(acts[0][0], out):
+            labels = acts[0][1]
+            block = int(np.prod(acts[0][0].shape[2:])) if acts[0][0].dim() > 2 else 1
+            self.set_labels(out, Labels(np.repeat(labels.space, block), np.repeat(labels.index, block)))
+        else:
+            what = f"{name}" + (f" with {', '.join(params[:2])}" if params else "")
+            for _, labels in acts:
+                self.freeze(labels, f"used by {what}, which mixes or indexes channels in a way the rule table "
+                                    "does not know")
+            for tensor in _flatten_args((out,), {}):
+                if isinstance(tensor, Tensor) and tensor.dim() >= 2:
+                    self.set_labels(tensor, self.fresh(None, tensor.shape[1], f"produced by {name}"))
+
+    def weighted_layer(self, name, args, kwargs, act, params, out) -> None:
+        tensor, labels = act
+        weight = next(p for p in params if p.endswith("weight")) if any(p.endswith("weight") for p in params) \
+            else params[0]
+        prefix = weight.rpartition(".")[0]
+        groups = _arg(args, kwargs, 6, "groups", 1) if name.startswith("conv") else 1
+        if name == "linear" and tensor.dim() != 2:
+            self.freeze(labels, f"{prefix}: a linear over the last dim of a {tensor.dim()}-D activation")
+            in_space = None
+        elif groups != 1:
+            kind = "depthwise" if groups == tensor.shape[1] == out.shape[1] else "grouped"
+            self.freeze(labels, f"{prefix}: a {kind} conv (groups={groups}) reads it")
+            self.layers[prefix] = (None, None, kind)
+            self.set_labels(out, self.fresh(prefix, out.shape[1], f"{prefix}: output of a {kind} conv"))
+            return
+        else:
+            plain = labels.plain()
+            if plain is None:
+                self.freeze(labels, f"{prefix} reads several spaces or channels out of order (cat, split)")
+                in_space = None
+            else:
+                in_space = plain[0]
+        out_labels = self.fresh(prefix, out.shape[1])
+        self.layers[prefix] = (in_space, int(out_labels.space[0]), "conv" if name.startswith("conv") else "linear")
+        self.set_labels(out, out_labels)
+
+    def batch_norm(self, act, params, out) -> None:
+        tensor, labels = act
+        plain = labels.plain()
+        prefix = params[0].rpartition(".")[0] if params else None
+        if plain is None or plain[1] != 1:
+            self.freeze(labels, f"{prefix or 'a batch norm'} normalises several spaces at once")
+            if prefix:
+                self.layers[prefix] = (None, None, "bn")
+        elif prefix:
+            self.layers[prefix] = (plain[0], plain[0], "bn")
+        self.set_labels(out, labels)
+
+    def uniting(self, name, acts, out) -> None:
+        (a, la), (b, lb) = acts
+        pa, pb = la.plain(), lb.plain()
+        if a.shape[1] != b.shape[1] or pa is None or pb is None or pa[1] != pb[1]:
+            self.freeze(la, f"{name} of activations whose channels do not line up")
+            self.freeze(lb, f"{name} of activations whose channels do not line up")
+            self.set_labels(out, self.fresh(None, out.shape[1], f"produced by {name} of misaligned channels"))
+            return
+        self.unite(pa[0], pb[0])
+        self.set_labels(out, la)
+
+    @staticmethod
+    def passes_through(name, tensor, args, kwargs, out) -> bool:
+        if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[1] != tensor.shape[1]:
+            return False
+        if name in CHANNELWISE:
+            if name == "__getitem__":  # indexing that keeps dim 0 and 1 whole
+                index = args[1] if len(args) > 1 else None
+                index = index if isinstance(index, tuple) else (index,)
+                return len(index) >= 2 and all(i == slice(None) for i in index[:2])
+            return True
+        if name in REDUCTIONS:
+            dims = _arg(args, kwargs, 1, "dim", None)
+            dims = (dims,) if isinstance(dims, int) else dims
+            return dims is not None and all(d % tensor.dim() != 1 for d in dims)
+        return False
+
+    @staticmethod
+    def flattens(tensor, out) -> bool:
+        return isinstance(out, Tensor) and out.dim() == 2 and out.shape[1] == int(np.prod(tensor.shape[1:])) \
+            and out.shape[0] == tensor.shape[0]
+
+
+def _arg(args, kwargs, position: int, name: str, default):
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else default
+
+
+def _flatten_args(args, kwargs) -> list:
+    out = []
+    stack = list(args) + list(kwargs.values())
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, (list, tuple)):
+            stack[:0] = list(item)
+        else:
+            out.append(item)
+    return out
+
+
+def trace_spaces(model: nn.Module, input_size: Sequence[int] = (3, 224, 224),
+                 example: Callable[[], Any] | None = None) -> TracedGraph:
+    """Record ``model``'s channel spaces from one forward pass on a ``(1, *input_size)`` input (on the meta
+    device when the model's parameters can be moved there; the model itself is not changed)."""
+    import copy
+    start = time.perf_counter()
+    try:
+        traced = copy.deepcopy(model).to("meta").eval()
+        device = torch.device("meta")
+    except Exception:  # (a module that cannot live on the meta device)
+        traced = copy.deepcopy(model).eval()
+        device = next((p.device for p in traced.parameters()), torch.device("cpu"))
+    names = {id(t): n for n, t in list(traced.named_parameters()) + list(traced.named_buffers())}
+    recorder = _Recorder(names)
+    dtype = next((p.dtype for p in traced.parameters() if p.is_floating_point()), torch.float32)
+    x = example() if example is not None else torch.zeros(1, *input_size, device=device, dtype=dtype)
+    recorder.set_labels(x, recorder.fresh(None, x.shape[1], "the model's input"))
+    try:
+        with torch.no_grad(), recorder:
+            out = traced(x)
+    except Exception as exc:
+        raise IFMError(f"cannot run {type(model).__name__} on a {tuple(x.shape)} input to find its channels: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                       "(pass the input size the model expects)") from None
+    for tensor in _flatten_args((out,), {}):
+        recorder.freeze(recorder.labels_of(tensor), "the model's output")
+    return TracedGraph(recorder.spaces, recorder.parent, recorder.layers, time.perf_counter() - start)
+
+
+def traced_layer_spaces(graph: TracedGraph, name: Callable[[list[str]], str] | None = None,
+                        keep: Callable[[list[str]], bool] | None = None) -> dict[str, LayerSpaces]:
+    """The space map of a traced graph. Each merged space is named by ``name(producers)`` (its producing
+    layers in execution order; default: the first one) and merged only if ``keep(producers)`` (default: all)."""
+    space_map = graph.space_map()
+    producers: dict[int, list[str]] = {}
+    for prefix, (_, out) in space_map.items():
+        if out is not None and graph.layers[prefix][2] in ("conv", "linear"):
+            producers.setdefault(out, []).append(prefix)
+    names = {root: (name or (lambda ps: ps[0]))(ps) for root, ps in producers.items() if keep is None or keep(ps)}
+
+    def label(root: int | None) -> str | None:
+        return None if root is None else names.get(root)
+    return {prefix: LayerSpaces(label(i), label(o)) for prefix, (i, o) in space_map.items()}

@@ -1,0 +1,168 @@
+"""Channel groups traced from the model's graph: equal to the hand descriptions on the paper architectures, safe
+(frozen, with a reason) wherever the rule table does not know an op, and usable on any CNN end to end."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from ifm import IFMError, build_groups, chain_spaces, channel_groups, iterative_feature_merging, resnet_spaces
+from ifm.archs import ARCHITECTURES, check_groups, get_architecture
+from ifm.synthetic import copy_channel
+from ifm.trace import trace_spaces, traced_layer_spaces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _hand_groups(name, sd, stages):
+    spaces = resnet_spaces(sd, stages) if get_architecture(name).is_resnet else chain_spaces(sd)
+    return build_groups(sd, spaces)
+
+
+def _state_dict(name):
+    arch = get_architecture(name)
+    return (models.create_model(name, width=0.125) if arch.dataset == "cifar10" else arch.build(10)).state_dict()
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if not n.startswith(("vgg13", "vgg16", "vgg19"))])
+def test_traced_groups_equal_the_hand_descriptions(name):
+    """Members, their order and the group names: so every default result stays identical."""
+    sd = _state_dict(name)
+    resnet = get_architecture(name).is_resnet
+    for stages in ([(3, 4), (2,), (1, 2, 3, 4)] if resnet else [None]):
+        traced = channel_groups(name, sd, stages)
+        hand = _hand_groups(name, sd, stages or (3, 4))
+        if resnet and 1 in stages and name in ("ResNet50", "resnet50"):
+            # layer1.0 has a projection: the hand map leaves the stem out of stage 1, the traced one merges it
+            stem = traced.pop(0)
+            assert stem.name == "conv1" and stem.members[:2] == [("conv1.weight", 0), ("bn1.weight", 0)]
+            assert ("layer1.0.conv1.weight", 1) in stem.members
+        assert [(g.name, g.width, g.members) for g in traced] == [(g.name, g.width, g.members) for g in hand]
+
+
+class _Roll(nn.Module):
+    """Channel-mixing ops the rule table must not take for channel-wise ones."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.op == "roll":
+            h = torch.roll(h, 1, dims=1)
+        elif self.op == "shuffle":
+            h = h.view(1, 2, 4, *h.shape[2:]).transpose(1, 2).reshape(h.shape)
+        elif self.op == "scale":
+            h = h * 0.5 + 1.0  # channel-wise: still merged
+        elif self.op == "silu":
+            h = nn.functional.silu(h)
+        return self.head(self.b(h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("op,frozen", [("roll", "roll"), ("shuffle", "view"), ("scale", None), ("silu", "silu")])
+def test_unknown_channel_ops_freeze_the_spaces_they_touch(op, frozen):
+    model = _Roll(op)
+    graph = trace_spaces(model, (3, 8, 8))
+    groups = build_groups(model.state_dict(), traced_layer_spaces(graph))
+    assert [g.name for g in groups] == (["b"] if frozen else ["a", "b"])  # the head's outputs are never merged
+    reasons = [graph.frozen_reason(s.id) for s in graph.spaces if s.producer == "a"]
+    assert (reasons == [None]) if frozen is None else frozen in reasons[0]
+
+
+TORCHVISION = {  # model -> (input size, words of a frozen reason it must give, at least this many groups)
+    "mobilenet_v3_small": (64, "depthwise", 10),
+    "efficientnet_b0": (64, "silu", 5),
+    "densenet121": (64, "cat", 50),
+    "regnet_y_400mf": (64, "grouped conv", 15),
+    "resnext50_32x4d": (64, "grouped conv", 5),
+    "convnext_tiny": (64, "permute", 0),
+    "shufflenet_v2_x0_5": (64, "cat", 1),
+    "wide_resnet50_2": (64, "the model's output", 30),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_torchvision_cnns_trace_and_their_groups_keep_the_function(name):
+    size, words, at_least = TORCHVISION[name]
+    torch.manual_seed(0)
+    arch = get_architecture(name, (3, size, size))
+    sd = arch.build(10).state_dict()
+    graph = arch.trace(sd)
+    groups = build_groups(sd, arch.spaces(sd, graph=graph))
+    assert len(groups) >= at_least
+    assert any(words in (graph.frozen_reason(s.id) or "") for s in graph.spaces)
+    assert check_groups(arch, sd, groups) < 1e-9  # a random permutation of every group keeps the output
+
+
+def test_a_wrong_group_is_caught_by_the_permutation_check():
+    arch = get_architecture("resnet18", (3, 32, 32))
+    sd = arch.build(10).state_dict()
+    groups = channel_groups(arch, sd, (1, 2, 3, 4))
+    groups[0].members.pop()  # forget one member of the stem's stream
+    with pytest.raises(IFMError, match="changes its output"):
+        check_groups(arch, sd, groups)
+
+
+class _Residual(nn.Module):
+    """A BN-free residual CNN (ReLU): duplicates merged by the official rule keep its function exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(12, 10, 3, padding=1), nn.Conv2d(10, 12, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(12 * 4, 9), nn.Linear(9, 5)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        s = torch.relu(s + self.c2(torch.relu(self.c1(s))))
+        h = torch.flatten(nn.functional.adaptive_avg_pool2d(s, 2), 1)
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def test_any_module_its_exact_duplicates_merge_and_the_function_stays():
+    torch.manual_seed(0)
+    model = _Residual().double().eval()
+    groups = channel_groups(model, input_size=(3, 8, 8))
+    assert [(g.name, g.width) for g in groups] == [("stem", 12), ("c1", 10), ("fc1", 9)]
+    assert ("c2.weight", 0) in groups[0].members and ("fc1.weight", 1) in groups[0].members  # stream + flatten
+    sd = model.state_dict()
+    for group, (src, dst) in zip(groups, [(0, 5), (2, 7), (1, 4)]):
+        copy_channel(sd, group, src, dst, split_columns=True)  # an exact duplicate; the function is unchanged
+    model.load_state_dict(sd)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    result = iterative_feature_merging(sd, groups, beta=1e-6)
+    assert result.n_merges == 3 and result.widths == {"stem": 11, "c1": 9, "fc1": 8}
+    slim = get_architecture("tests.test_trace:_Residual").build(5)
+    from ifm.slim import slim_model
+    merged = slim_model(slim.double(), result.state_dict).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), model(x), rtol=1e-9, atol=1e-9)
+
+
+def _run(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "self_merge.py"), *argv], capture_output=True,
+                          text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
+    torch.manual_seed(0)
+    torch.save(_Residual().state_dict(), tmp_path / "mine.pt")
+    common = ["--arch", "tests.test_trace:_Residual", "--input_size", "3", "8", "8", "--model_param",
+              str(tmp_path / "mine.pt")]
+    listed = _run(*common, "--list_groups")
+    assert listed.returncode == 0, listed.stderr
+    assert "3 channel groups" in listed.stdout and "stem  width 12" in listed.stdout
+    assert "the model's output" in listed.stdout and "the model's input" not in listed.stdout
+    merged = _run(*common, "--threshold", "0.5", "--no_eval", "--no_progress", "--results",
+                  str(tmp_path / "r.jsonl"), "--save_merged", str(tmp_path / "m.pt"))
+    assert merged.returncode == 0, merged.stderr
+    assert "merges:" in merged.stdout and (tmp_path / "m.pt").exists()
+    bad = _run("--arch", "no_such_model", "--no_eval", "--model_param", str(tmp_path / "mine.pt"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
