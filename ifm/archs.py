@@ -70,14 +70,14 @@ class Architecture:
         return trace_spaces(model, self.input_size)
 
     def spaces(self, state_dict: Mapping[str, Tensor], stages: Iterable[int] | None = None,
-               graph: TracedGraph | None = None) -> dict[str, LayerSpaces]:
-        """The space map of this architecture (from ``graph``, or traced now)."""
+               graph: TracedGraph | None = None, rule: str = "official") -> dict[str, LayerSpaces]:
+        """The space map of this architecture for merge ``rule`` (from ``graph``, or traced now)."""
         graph = graph or self.trace(state_dict)
         keep = None
         if self.is_resnet:
             chosen = set(RESNET_OFFICIAL_STAGES if stages is None else stages)
             keep = lambda producers: resnet_stage(producers) in chosen  # noqa: E731
-        return traced_layer_spaces(graph, self.group_name, keep)
+        return traced_layer_spaces(graph, self.group_name, keep, rule)
 
 
 def _torchvision(name: str) -> Callable[[int], nn.Module]:
@@ -157,15 +157,17 @@ def _user_builder(spec: str) -> Callable[[int], nn.Module]:
 
 
 def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str, Tensor] | None = None,
-                   stages: Iterable[int] | None = None, input_size: Sequence[int] = (3, 224, 224)
-                   ) -> list[ChannelGroup]:
-    """Channel groups of ``state_dict`` for ``arch`` (ResNets: ``stages``, default the official (3, 4)).
+                   stages: Iterable[int] | None = None, input_size: Sequence[int] = (3, 224, 224),
+                   rule: str = "official") -> list[ChannelGroup]:
+    """Channel groups of ``state_dict`` for ``arch`` (ResNets: ``stages``, default the official (3, 4)) that merge
+    ``rule`` may merge (the official rule leaves spaces behind SiLU, GELU... alone; the mean rule merges them).
 
     ``arch`` may also be any ``nn.Module``: its groups are traced from one forward pass on a
     ``(1, *input_size)`` input, for its own weights unless ``state_dict`` is given."""
     if isinstance(arch, nn.Module):
         graph = trace_spaces(arch, input_size)
-        return build_groups(arch.state_dict() if state_dict is None else state_dict, traced_layer_spaces(graph))
+        return build_groups(arch.state_dict() if state_dict is None else state_dict,
+                            traced_layer_spaces(graph, rule=rule))
     arch = get_architecture(arch) if isinstance(arch, str) else arch
     if state_dict is None:
         raise ValueError("channel_groups needs the state dict for an architecture name")
@@ -173,7 +175,7 @@ def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str
         raise IFMError(f"--stages applies to ResNets only, not {arch.name}")
     if stages is not None and (not list(stages) or not set(stages) <= {1, 2, 3, 4}):
         raise IFMError(f"ResNet stages are 1, 2, 3 and 4; got {list(stages)} (the official choice is 3 4)")
-    return build_groups(state_dict, arch.spaces(state_dict, stages))
+    return build_groups(state_dict, arch.spaces(state_dict, stages, rule=rule))
 
 
 def check_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
@@ -198,17 +200,17 @@ def check_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor], gro
     return change
 
 
-def describe_groups(graph: TracedGraph, groups: Sequence[ChannelGroup]) -> str:
+def describe_groups(graph: TracedGraph, groups: Sequence[ChannelGroup], rule: str = "official") -> str:
     """``--list_groups``: each group with its width and the layers and axes it touches, then the frozen spaces
     and why, and the discovery time."""
-    lines = [f"{len(groups)} channel groups (traced in {graph.seconds:.2f} s):"]
+    lines = [f"{len(groups)} channel groups under the {rule} merge rule (traced in {graph.seconds:.2f} s):"]
     for g in groups:
         producers = sorted({m.key.rpartition('.')[0] for m in g.members if m.axis == 0})
         consumers = sorted({m.key.rpartition('.')[0] for m in g.members if m.axis == 1})
         lines.append(f"  {g.name}  width {g.width}: rows of {', '.join(producers)}; "
                      f"columns of {', '.join(consumers) or '-'}")
-    frozen = [(s.producer, s.width, graph.frozen_reason(s.id)) for s in graph.spaces
-              if s.producer and graph.frozen_reason(s.id)]
+    frozen = [(s.producer, s.width, graph.frozen_reason(s.id, rule)) for s in graph.spaces
+              if s.producer and graph.frozen_reason(s.id, rule)]
     lines.append(f"{len(frozen)} frozen spaces (never merged):")
     lines += [f"  {producer}  width {width}: {reason}" for producer, width, reason in frozen]
     return "\n".join(lines)

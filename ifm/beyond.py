@@ -38,13 +38,23 @@ def _producer_of(state_dict: Mapping[str, Tensor], bn: str) -> str | None:
     return None
 
 
-def fold_batchnorm(state_dict: Mapping[str, Tensor], eps: float = 1e-5) -> dict[str, Tensor]:
+BatchNorms = Mapping[str, tuple[str | None, float]]  # BN layer -> (the conv/linear right before it, eps)
+
+
+def batch_norms_by_order(state_dict: Mapping[str, Tensor], eps: float = 1e-5) -> dict[str, tuple[str | None, float]]:
+    """Each BN's producer taken as the conv/linear right before it in state-dict order, and one ``eps`` (a guess
+    for hand-described chains; traced graphs know both: :attr:`ifm.trace.TracedGraph.batch_norms`)."""
+    return {bn: (_producer_of(state_dict, bn), eps) for bn in _bn_prefixes(state_dict)}
+
+
+def fold_batchnorm(state_dict: Mapping[str, Tensor], batch_norms: BatchNorms | None = None) -> dict[str, Tensor]:
     """Fold every BN into its producer: ``W <- W·γ/σ``, BN bias ``<- β + (b - μ)·γ/σ`` (conv bias 0),
-    and BN weight 1, mean 0, var ``1 - eps`` (so the BN computes ``x + bias``)."""
+    and BN weight 1, mean 0, var ``1 - eps`` (so the BN computes ``x + bias``). A BN without a producer right
+    before it is left as it is (see :func:`unfolded`)."""
+    batch_norms = batch_norms_by_order(state_dict) if batch_norms is None else batch_norms
     folded = {k: v.clone() for k, v in state_dict.items()}
-    for bn in _bn_prefixes(state_dict):
-        producer = _producer_of(state_dict, bn)
-        if producer is None:
+    for bn, (producer, eps) in batch_norms.items():
+        if producer is None or f"{bn}.running_mean" not in folded:
             continue
         gamma, beta = folded[f"{bn}.weight"], folded[f"{bn}.bias"]
         mean, var = folded[f"{bn}.running_mean"], folded[f"{bn}.running_var"]
@@ -62,20 +72,33 @@ def fold_batchnorm(state_dict: Mapping[str, Tensor], eps: float = 1e-5) -> dict[
     return folded
 
 
-def without_bn_statistics(groups: Sequence[ChannelGroup]) -> list[ChannelGroup]:
-    """Groups without BN weight / running statistics as members (identities after folding; BN bias stays)."""
+def unfolded(batch_norms: BatchNorms) -> set[str]:
+    """BN layers that folding leaves alone (no conv/linear right before them: pre-activation BN)."""
+    return {bn for bn, (producer, _) in batch_norms.items() if producer is None}
+
+
+def without_bn_statistics(groups: Sequence[ChannelGroup], batch_norms: BatchNorms | None = None
+                          ) -> list[ChannelGroup]:
+    """Groups without BN weight / running statistics as members (identities after folding; BN bias stays). A group
+    that holds a BN folding left alone is dropped: merging would sum its statistics."""
+    keep_out = unfolded(batch_norms or {})
     out = []
     for g in groups:
         bn_layers = {m.key.rsplit(".", 1)[0] for m in g.members if m.key.endswith(".running_mean")}
+        if bn_layers & keep_out:
+            continue
         keep = [m for m in g.members if not (m.key.rsplit(".", 1)[0] in bn_layers and m.key.rsplit(".", 1)[1] in BN_STATS)]
         out.append(ChannelGroup(g.name, g.width, keep))
     return out
 
 
-def reset_identity_bn(state_dict: Mapping[str, Tensor], eps: float = 1e-5) -> dict[str, Tensor]:
-    """After merging folded weights: give every BN the width of its bias, as the identity."""
+def reset_identity_bn(state_dict: Mapping[str, Tensor], batch_norms: BatchNorms | None = None) -> dict[str, Tensor]:
+    """After merging folded weights: give every folded BN the width of its bias, as the identity."""
+    batch_norms = batch_norms_by_order(state_dict) if batch_norms is None else batch_norms
     out = dict(state_dict)
-    for bn in _bn_prefixes(state_dict):
+    for bn, (producer, eps) in batch_norms.items():
+        if producer is None or f"{bn}.running_mean" not in out:
+            continue
         width = out[f"{bn}.bias"].shape[0]
         like = out[f"{bn}.bias"]
         out[f"{bn}.weight"] = torch.ones(width, dtype=like.dtype)

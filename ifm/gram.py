@@ -89,9 +89,10 @@ class GroupGram:
     #: test seam: a full pass at every look (candidates and bounds are then never relied on)
     always_scan = False
 
-    def __init__(self, parts: np.ndarray, tie: float, relative_tie: float):
+    def __init__(self, parts: np.ndarray, tie: float, relative_tie: float, summed_part: int = 0):
         n = parts.shape[1]
         self.parts, self.width = parts, n
+        self.summed_part = summed_part  # the part an own merge sums: 0 (rows, official rule) or 1 (mean rule)
         self.col_half = max(self.pending_rank // 2, 1)  # columns of a pending columns-part product per sign
         self.capacity = 2 * self.col_half
         self.tie, self.relative_tie = tie, relative_tie
@@ -130,7 +131,7 @@ class GroupGram:
         if (2 * k > self.capacity) if mean else (k > self.col_half):  # too wide to wait: add it now
             u = np.empty((2 * k, w), self.parts.dtype)
             self._merge_linked(u, 0, k, slices, merge, mean, slot_pos)
-            part = self.parts[0 if mean else 1, :w, :w]
+            part = self.parts[self.summed_part if mean else 1 - self.summed_part, :w, :w]
             syrk_upper(part, u[:k], -1.0 if mean else 1.0)
             syrk_upper(part, u[k:], -1.0)
             return
@@ -153,9 +154,10 @@ class GroupGram:
         """Add the pending products to the parts (``G`` itself does not change)."""
         w = self.width
         for which in range(3):
-            lo, hi, sign, rows_part = kernels.region(which, self.layout)
+            lo, hi, sign, in_summed = kernels.region(which, self.layout)
             if hi > lo:
-                syrk_upper(self.parts[0 if rows_part else 1, :w, :w], self.basis[lo:hi, :w], sign)
+                part = self.summed_part if in_summed else 1 - self.summed_part
+                syrk_upper(self.parts[part, :w, :w], self.basis[lo:hi, :w], sign)
         self.rows_used = self.cols_used = 0
 
     # --------------------------------------------------------------------------- distances
@@ -246,7 +248,7 @@ class GroupGram:
         if self.n_pairs + self.width > len(self.pairs.i):
             self._grow_candidates()
         self.n_pairs, farthest = kernels.merge_positions(
-            self.parts, self.basis, self.layout, self.stats, MergeWeights(a, b, wa, wb), self.width, self.pairs,
+            self.parts, self.summed_part, self.basis, self.layout, self.stats, MergeWeights(a, b, wa, wb), self.width, self.pairs,
             self.n_pairs, self.threshold)
         self.width -= 1
         self.max_bound = max(self.max_bound, farthest)

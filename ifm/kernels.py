@@ -41,9 +41,10 @@ class PositionStats(NamedTuple):
 
 
 class PendingLayout(NamedTuple):
-    """Where the pending products sit in ``basis``: the rows part's (all sign -1) in ``[0, rows_used)``; the
-    columns part's sign +1 columns in ``[capacity, capacity + cols_used)`` and its sign -1 columns in
-    ``[capacity + col_half, capacity + col_half + cols_used)``."""
+    """Where the pending products sit in ``basis``: the summed part's (all sign -1: neighbours average their
+    channels in it) in ``[0, rows_used)``; the count-weighted part's sign +1 columns in ``[capacity, capacity +
+    cols_used)`` and its sign -1 columns in ``[capacity + col_half, capacity + col_half + cols_used)``. Under the
+    official rule the summed part is the rows part (``rows_used``), the weighted one the columns part."""
     rows_used: int
     cols_used: int
     capacity: int
@@ -69,7 +70,8 @@ def upper(parts, q, i, j):
 @_jit
 def region(which, layout):
     """Pending rows ``lo .. hi`` of region ``which`` (0, 1, 2) of a :class:`PendingLayout`, their sign, and
-    whether the rows part (``True``: merging sums them) or the columns part (count-weighted) holds them."""
+    whether the summed part (``True``: an own merge sums it; the rows part under the official rule) or the
+    count-weighted part holds them."""
     if which == 0:
         return 0, layout.rows_used, -1.0, True
     start = layout.capacity if which == 1 else layout.capacity + layout.col_half
@@ -165,36 +167,38 @@ def merge_linked(slices, merge, mean, slot_pos, width, dest, first_row, second_r
 
 
 @_jit
-def merge_positions(parts, basis, layout, stats, merge, width, pairs, n_pairs, threshold):
+def merge_positions(parts, summed_part, basis, layout, stats, merge, width, pairs, n_pairs, threshold):
     """Position ``a`` becomes the merge of positions ``a`` and ``b`` of a ``width``-channel Gram
-    matrix: rows part summed, columns part ``wa·a + wb·b``, pending products likewise; then the last
-    position moves into ``b``, and the candidates are updated (:func:`replace_candidates`, which
-    needs room for ``width`` more pairs). Returns the new number of candidate pairs and the merged
-    channel's farthest distance."""
+    matrix: part ``summed_part`` summed (the official rule's rows part), the other ``wa·a + wb·b``,
+    pending products likewise; then the last position moves into ``b``, and the candidates are updated
+    (:func:`replace_candidates`, which needs room for ``width`` more pairs). Returns the new number of
+    candidate pairs and the merged channel's farthest distance."""
     a, b, wa, wb = merge
     diag, moved = stats
-    rows = np.empty(width, parts.dtype)
-    cols = np.empty(width, parts.dtype)
+    s = summed_part
+    w = 1 - summed_part
+    summed = np.empty(width, parts.dtype)
+    weighted = np.empty(width, parts.dtype)
     for p in range(width):
-        rows[p] = upper(parts, 0, a, p) + upper(parts, 0, b, p)
-        cols[p] = wa * upper(parts, 1, a, p) + wb * upper(parts, 1, b, p)
-    rows[a] += rows[b]
-    cols[a] = wa * cols[a] + wb * cols[b]
+        summed[p] = upper(parts, s, a, p) + upper(parts, s, b, p)
+        weighted[p] = wa * upper(parts, w, a, p) + wb * upper(parts, w, b, p)
+    summed[a] += summed[b]
+    weighted[a] = wa * weighted[a] + wb * weighted[b]
     for p in range(width):
-        parts[0, a, p] = rows[p]
-        parts[0, p, a] = rows[p]
-        parts[1, a, p] = cols[p]
-        parts[1, p, a] = cols[p]
+        parts[s, a, p] = summed[p]
+        parts[s, p, a] = summed[p]
+        parts[w, a, p] = weighted[p]
+        parts[w, p, a] = weighted[p]
     pending = 0.0
     for which in range(3):
-        lo, hi, sign, summed = region(which, layout)
+        lo, hi, sign, in_summed = region(which, layout)
         for c in range(lo, hi):
-            if summed:
+            if in_summed:
                 basis[c, a] += basis[c, b]
             else:
                 basis[c, a] = basis[c, a] * wa + wb * basis[c, b]
             pending += sign * (basis[c, a] * basis[c, a])
-    diag[a] = rows[a] + cols[a] + pending
+    diag[a] = summed[a] + weighted[a] + pending
     moved[a] = 0.0
     last = width - 1
     if b != last:
@@ -206,7 +210,7 @@ def merge_positions(parts, basis, layout, stats, merge, width, pairs, n_pairs, t
                     parts[q, p, b] = value
             parts[q, b, b] = parts[q, last, last]
         for which in range(3):
-            lo, hi, sign, summed = region(which, layout)
+            lo, hi, sign, in_summed = region(which, layout)
             for c in range(lo, hi):
                 basis[c, b] = basis[c, last]
         diag[b] = diag[last]
@@ -217,9 +221,9 @@ def merge_positions(parts, basis, layout, stats, merge, width, pairs, n_pairs, t
     gram_row = np.empty(last, parts.dtype)  # row m of G: the merged parts' row (old indices) ...
     for p in range(last):
         old = a if p == m else (last if p == b else p)
-        gram_row[p] = rows[old] + cols[old]
+        gram_row[p] = summed[old] + weighted[old]
     for which in range(3):  # ... plus the pending products
-        lo, hi, sign, summed = region(which, layout)
+        lo, hi, sign, in_summed = region(which, layout)
         for c in range(lo, hi):
             coef = basis[c, m] * sign
             for p in range(last):

@@ -33,6 +33,8 @@ from .groups import ChannelGroup
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
+MergeRule = Literal["official", "mean"]
+MERGE_RULES: tuple[str, ...] = ("official", "mean")
 
 #: A squared distance below this fraction of ``|v_i|^2 + |v_j|^2`` is an exact duplicate (0).
 TIE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -181,9 +183,14 @@ class IterativeMerger:
     """Runs IFM on a state dict for a list of channel groups (see :func:`iterative_feature_merging`)."""
 
     def __init__(self, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
-                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+                 rule: MergeRule = "official"):
         if dtype not in TIE_TOLERANCE:
             raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+        if rule not in MERGE_RULES:
+            raise ValueError(f"rule must be one of {MERGE_RULES}, got {rule!r}")
+        self.rule = rule
+        self.rows_averaged = rule == "mean"  # (official: rows summed, columns count-weighted; mean: the dual)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype
         self.source = state_dict
@@ -212,8 +219,9 @@ class IterativeMerger:
                 linked[index].add((m.key, m.axis))
         start = time.perf_counter()
         tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
-        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative), linked[index])
-                       for index, g in enumerate(self.groups)]
+        summed_part = 1 if self.rows_averaged else 0  # the Gram part an own merge sums
+        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative, summed_part),
+                                   linked[index]) for index, g in enumerate(self.groups)]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
@@ -252,19 +260,28 @@ class IterativeMerger:
 
     # ----------------------------------------------------------------------------- merging
     def merge(self, index: int, a: int, b: int) -> None:
-        """Merge slots ``a`` and ``b`` of group ``index`` (rows summed, columns count-weighted mean)."""
+        """Merge slots ``a`` and ``b`` of group ``index``: official rule, rows (and 1-D parameters) summed and
+        columns count-weighted; mean rule, rows (and 1-D parameters) count-weighted and columns summed."""
         state = self.states[index]
         if a > b:
             a, b = b, a
         wa, wb = state.merge_weights(a, b)
         for link in self.links[index]:  # at the other group's live slots only
             self._update_linked_gram(link, a, b, wa, wb)
-        for rows in state.row_views:  # dead slots keep stale values: nothing reads them again
-            rows[a] += rows[b]
-        if state.vectors is not None:
-            state.vectors[a] += state.vectors[b]
-        for cols in state.col_views:
-            cols[:, a] += wb * (cols[:, b] - cols[:, a])
+        if self.rows_averaged:
+            for rows in state.row_views:
+                rows[a] += wb * (rows[b] - rows[a])
+            if state.vectors is not None:
+                state.vectors[a] += wb * (state.vectors[b] - state.vectors[a])
+            for cols in state.col_views:
+                cols[:, a] += cols[:, b]
+        else:
+            for rows in state.row_views:  # dead slots keep stale values: nothing reads them again
+                rows[a] += rows[b]
+            if state.vectors is not None:
+                state.vectors[a] += state.vectors[b]
+            for cols in state.col_views:
+                cols[:, a] += wb * (cols[:, b] - cols[:, a])
         state.merge_slots(a, b, wa, wb)
 
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
@@ -274,7 +291,8 @@ class IterativeMerger:
         (axis 1) by ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B`` (see
         :func:`ifm.kernels.merge_linked`)."""
         other = self.states[link.other]
-        other.gram.merge_linked(link.slices, a, b, wa, wb, link.axis == 1, other.slot_pos)
+        averaged = (link.axis == 0) if self.rows_averaged else (link.axis == 1)
+        other.gram.merge_linked(link.slices, a, b, wa, wb, averaged, other.slot_pos)
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
@@ -408,7 +426,7 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
                               beta: float = 0.1, max_ratio: float = 1.0, order: Order = "official",
                               dtype: torch.dtype = torch.float64,
                               device: torch.device | str | None = None,
-                              progress: bool = False) -> MergeResult:
+                              progress: bool = False, rule: MergeRule = "official") -> MergeResult:
     """Run IFM on ``state_dict``.
 
     Args:
@@ -420,10 +438,13 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
         dtype: float64 (default) or float32 bookkeeping of weights and Gram matrices.
         device: where the first Gram pass runs (default: CUDA when present); the loop runs on the CPU.
         progress: show a progress bar.
+        rule: ``"official"`` (producer rows summed, consumer columns count-weighted: keeps the function of
+            exact duplicates through ReLU-like activations) or ``"mean"`` (the dual: rows and per-channel
+            parameters count-weighted, columns summed: keeps it through any activation).
 
     Returns:
         A :class:`MergeResult`.
     """
     check_hyperparameters(beta, max_ratio)  # before the first distance pass, not after it
-    merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device)
+    merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device, rule=rule)
     return merger.run(beta, max_ratio, order, progress)

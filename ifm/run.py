@@ -13,6 +13,7 @@ from pathlib import Path
 
 DEFAULT_RESULTS = "results/self_merge.jsonl"
 METHODS = ("ifm", "l1", "random")
+MERGE_RULES = ("official", "mean", "auto")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RunSpec:
     eval_samples: int | None = None  # None: the whole test split
     download: bool = False  # let torchvision download CIFAR-10
     input_size: tuple[int, ...] | None = None  # (C, H, W) to trace the model with; None: the architecture's
+    merge_rule: str = "official"  # or "mean" (rows averaged, columns summed), or "auto": mean when needed
 
     def __post_init__(self):
         for name in ("stages", "input_size"):
@@ -41,6 +43,8 @@ class RunSpec:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.merge_rule not in MERGE_RULES:
+            raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
 
     def replace(self, **changes) -> RunSpec:
         return dataclasses.replace(self, **changes)
@@ -53,7 +57,7 @@ class RunSpec:
         """The settings as written into the run's record (and compared to skip a done run)."""
         return {"method": self.method, "beta": self.beta, "max_ratio": self.max_ratio, "order": self.order,
                 "stages": None if self.stages is None else list(self.stages), "dtype": self.dtype,
-                "bn_mode": self.bn_mode, "recalibrate_bn": self.recalibrate_bn,
+                "bn_mode": self.bn_mode, "recalibrate_bn": self.recalibrate_bn, "merge_rule": self.merge_rule,
                 "seeds": self.seeds if self.method == "random" else None,
                 "data_root": str(Path(self.data_root).resolve()) if self.evaluates else None}
 
@@ -89,7 +93,8 @@ def from_args(args: argparse.Namespace) -> tuple[RunSpec, RunOptions]:
                    bn_mode=get("bn_mode") or "official", recalibrate_bn=get("recalibrate_bn") or 0,
                    method=get("baseline") or "ifm", seeds=get("seeds", 5),
                    data_root=None if args.no_eval else args.data_root, eval_samples=args.eval_samples,
-                   download=bool(get("download")), input_size=get("input_size"))
+                   download=bool(get("download")), input_size=get("input_size"),
+                   merge_rule=get("merge_rule") or "official")
     options = RunOptions(results=args.results, save_merged=args.save_merged, overwrite=args.overwrite,
                          device=args.device, batch_size=args.batch_size, workers=args.workers,
                          progress=not args.no_progress)

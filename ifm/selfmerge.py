@@ -78,6 +78,8 @@ def merge_argument_parser(dataset: str, family: str, **parser_options) -> argpar
     parser = argparse.ArgumentParser(**parser_options)
     add_merge_arguments(parser, dataset, family)
     add_extension_arguments(parser)
+    if family == "any":
+        parser.set_defaults(merge_rule="auto")
     return parser
 
 
@@ -90,6 +92,8 @@ class LoadedModel:
     digest: str  # identifies the weights for caches
     normalize: tuple | None  # (mean, std) for CIFAR, if the checkpoint was trained normalised
     model: nn.Module  # the original model with these weights
+    merge_rule: str = "official"  # the run's rule ("auto" resolved)
+    rule_reason: str = ""  # why "auto" chose it
 
 
 def _torchvision_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
@@ -135,9 +139,15 @@ def load_model(spec: RunSpec) -> LoadedModel:
         checkpoint, digest = str(spec.model_param), file_digest(spec.model_param)
         normalize = _training_normalization(Path(spec.model_param)) if arch.dataset == "cifar10" else None
     model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
+    rule, reason = spec.merge_rule, ""
+    if rule == "auto":
+        activations = arch.trace(state_dict).activations
+        rule = "mean" if activations else "official"
+        reason = (f"mean: the model has {', '.join(activations)} between layers it merges" if activations
+                  else "official: every activation between merged layers is ReLU-like")
     if spec.arch not in ARCHITECTURES:  # traced groups of a model nobody described: checked once
-        check_groups(arch, state_dict, channel_groups(arch, state_dict))
-    return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model)
+        check_groups(arch, state_dict, channel_groups(arch, state_dict, spec.stages, rule=rule))
+    return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model, rule, reason)
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -200,28 +210,32 @@ class Evaluator:
 def merge_loaded(loaded: LoadedModel, spec: RunSpec, device: torch.device, progress: bool = False) -> MergeResult:
     """IFM on the loaded weights with the run's β, max_ratio, order, stages, dtype and BN mode."""
     return merge_weights(loaded, spec.beta, max_ratio=spec.max_ratio, order=spec.order, dtype=spec.dtype,
-                         bn_mode=spec.bn_mode, stages=spec.stages, device=device, progress=progress)
+                         bn_mode=spec.bn_mode, stages=spec.stages, device=device, progress=progress,
+                         rule=loaded.merge_rule)
 
 
 def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, order: str = "official",
                   dtype: str = "float64", bn_mode: str = "official", stages: Sequence[int] | None = None,
-                  device: torch.device | str = "cpu", progress: bool = False) -> MergeResult:
-    """IFM on the loaded weights; ``bn_mode="fold"`` folds BN into the convs first (beyond the paper)."""
+                  device: torch.device | str = "cpu", progress: bool = False, rule: str = "official") -> MergeResult:
+    """IFM on the loaded weights; ``bn_mode="fold"`` folds BN into the convs first (beyond the paper); ``rule``:
+    the official or the mean merge rule."""
     state_dict = loaded.state_dict
-    groups = channel_groups(loaded.arch, state_dict, stages)
+    groups = channel_groups(loaded.arch, state_dict, stages, rule=rule)
     fold = bn_mode == "fold"
-    if fold:
-        state_dict, groups = beyond.fold_batchnorm(state_dict), beyond.without_bn_statistics(groups)
+    if fold:  # each BN's producer and eps, from the graph
+        batch_norms = loaded.arch.trace(state_dict).batch_norms
+        state_dict = beyond.fold_batchnorm(state_dict, batch_norms)
+        groups = beyond.without_bn_statistics(groups, batch_norms)
     result = iterative_feature_merging(state_dict, groups, beta=beta, max_ratio=max_ratio, order=order,
-                                       dtype=getattr(torch, dtype), device=device, progress=progress)
+                                       dtype=getattr(torch, dtype), device=device, progress=progress, rule=rule)
     if fold:
-        result.state_dict = beyond.reset_identity_bn(result.state_dict)
+        result.state_dict = beyond.reset_identity_bn(result.state_dict, batch_norms)
     return result
 
 
 def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> list[dict]:
     """Pruning baselines (``spec.method`` l1 or random) at IFM's widths; random: one per seed."""
-    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages)
+    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule)
     seeds = range(spec.seeds) if spec.method == "random" else [0]
     return [beyond.prune_to_widths(loaded.state_dict, groups, widths, spec.method, seed) for seed in seeds]
 
@@ -291,7 +305,8 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
 def run_identity(spec: RunSpec, loaded: LoadedModel, evaluator: Evaluator | None) -> dict:
     """The identifying fields a run of ``spec`` on ``loaded`` writes into its record (see ``make_record``)."""
     return {"model": loaded.arch.name, "checkpoint": loaded.checkpoint, "checkpoint_digest": loaded.digest,
-            **spec.record_fields(), "eval_samples": None if evaluator is None else evaluator.total}
+            **spec.record_fields(), "merge_rule": loaded.merge_rule,
+            "eval_samples": None if evaluator is None else evaluator.total}
 
 
 def make_record(loaded: LoadedModel, spec: RunSpec, result: MergeResult, original: nn.Module,
@@ -301,7 +316,7 @@ def make_record(loaded: LoadedModel, spec: RunSpec, result: MergeResult, origina
     flops_before, flops_after = count_flops(original, size), count_flops(merged, size)
     return {
         "model": loaded.arch.name, "dataset": loaded.arch.dataset, "checkpoint": loaded.checkpoint,
-        "checkpoint_digest": loaded.digest, **spec.record_fields(),
+        "checkpoint_digest": loaded.digest, **spec.record_fields(), "merge_rule": loaded.merge_rule,
         "widths": result.widths, "original_widths": result.original_widths, "n_merges": result.n_merges,
         "params_before": params_before, "params_after": params_after,
         "params_pct": 100.0 * params_after / params_before,
@@ -309,6 +324,7 @@ def make_record(loaded: LoadedModel, spec: RunSpec, result: MergeResult, origina
         "acc_before": None, "acc_after": None, "loss_before": None, "loss_after": None, "eval_samples": None,
         "merge_seconds": result.seconds, "iterations": result.iterations, "device": str(device),
         "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"merge_rule_reason": loaded.rule_reason} if loaded.rule_reason else {}),
     }
 
 
@@ -317,7 +333,9 @@ def format_record(record: dict) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
     lines = [f"{record['model']} ({record['dataset']})  beta={record['beta']}  max_ratio={record['max_ratio']}  "
-             f"order={record['order']}  method={record['method']}",
+             f"order={record['order']}  method={record['method']}"
+             + (f"  merge rule {record.get('merge_rule_reason') or record.get('merge_rule')}"
+                if record.get("merge_rule", "official") != "official" or record.get("merge_rule_reason") else ""),
              f"{'':10s}{'before':>16s}{'after':>16s}{'%':>9s}",
              f"{'accuracy':10s}{fmt(record['acc_before'], '16.2f')}{fmt(record['acc_after'], '16.2f')}",
              f"{'loss':10s}{fmt(record['loss_before'], '16.4f')}{fmt(record['loss_after'], '16.4f')}",
@@ -356,8 +374,10 @@ def list_groups(spec: RunSpec) -> str:
     """The channel groups of the run's model and its frozen spaces (``--list_groups``)."""
     loaded = load_model(spec)
     graph = loaded.arch.trace(loaded.state_dict)
-    groups = build_groups(loaded.state_dict, loaded.arch.spaces(loaded.state_dict, spec.stages, graph))
-    return describe_groups(graph, groups)
+    groups = build_groups(loaded.state_dict, loaded.arch.spaces(loaded.state_dict, spec.stages, graph,
+                                                                loaded.merge_rule))
+    text = describe_groups(graph, groups, loaded.merge_rule)
+    return text + (f"\nmerge rule {loaded.rule_reason}" if loaded.rule_reason else "")
 
 
 def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
@@ -370,3 +390,8 @@ def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default=None, choices=["l1", "random"],
                    help="evaluate channel pruning at IFM's widths instead of the merged model")
     p.add_argument("--seeds", type=int, default=5, help="--baseline random: number of seeds")
+    p.add_argument("--merge_rule", default="official", choices=["official", "mean", "auto"],
+                   help="official: producer rows (and BN) summed, consumer columns averaged (keeps the function of "
+                        "duplicates through ReLU); mean: the dual (through any activation); auto: mean when the "
+                        "model has SiLU, GELU, ReLU6, sigmoid... between merged layers (the default of "
+                        "scripts/self_merge.py)")

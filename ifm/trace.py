@@ -47,7 +47,7 @@ adaptive_max_pool2d_with_indices lp_pool2d pad interpolate upsample upsample_nea
 contiguous clone to float double half type_as detach requires_grad_ __getitem__
 """.split())
 #: channel-wise activations that are not positively homogeneous (f(2z) != 2 f(z)): summing the producing rows
-#: of two duplicates (the official rule) changes what the consumers see, so these spaces are frozen
+#: of two duplicates (the official rule) changes what the consumers see, so these spaces are frozen under it
 NON_HOMOGENEOUS = frozenset("""
 relu6 hardtanh hardtanh_ elu elu_ selu celu gelu silu silu_ mish hardswish hardswish_ sigmoid sigmoid_ hardsigmoid
 tanh tanh_ softplus
@@ -69,6 +69,7 @@ class Space:
     producer: str | None  # layer prefix, None for the input
     width: int
     frozen: str | None = None  # why its channels may not be merged
+    activation: str | None = None  # a channel-wise activation it passes through that is not positively homogeneous
 
 
 @dataclass
@@ -97,6 +98,7 @@ class TracedGraph:
     spaces: list[Space]
     parent: list[int]
     layers: dict[str, tuple[int | None, int | None, str]]  # prefix -> (in space, out space, kind)
+    batch_norms: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # prefix -> (producer, eps)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -106,16 +108,27 @@ class TracedGraph:
             space = self.parent[space]
         return space
 
-    def frozen_reason(self, space: int) -> str | None:
-        """Why the united space of ``space`` is frozen (None: it may be merged)."""
+    def frozen_reason(self, space: int, rule: str = "official") -> str | None:
+        """Why the united space of ``space`` is frozen under merge ``rule`` (None: it may be merged). Under the
+        official rule, a space that passes through an activation that is not positively homogeneous is frozen:
+        summing the producing rows of two duplicates changes what its consumers see."""
         root = self.root(space)
-        reasons = [s.frozen for s in self.spaces if s.frozen and self.root(s.id) == root]
+        united = [s for s in self.spaces if self.root(s.id) == root]
+        reasons = [s.frozen for s in united if s.frozen]
+        if not reasons and rule == "official":
+            reasons = [f"passes through {s.activation}: the official merge rule keeps a model's function only "
+                       "through ReLU-like activations (use --merge_rule mean)" for s in united if s.activation]
         return reasons[0] if reasons else None
 
-    def space_map(self) -> dict[str, tuple[int | None, int | None]]:
-        """``prefix -> (in root, out root)`` with frozen spaces as None."""
+    @property
+    def activations(self) -> list[str]:
+        """The activations that are not positively homogeneous met by spaces that could be merged."""
+        return sorted({s.activation for s in self.spaces if s.activation and not self.frozen_reason(s.id, "mean")})
+
+    def space_map(self, rule: str = "official") -> dict[str, tuple[int | None, int | None]]:
+        """``prefix -> (in root, out root)`` with spaces frozen under ``rule`` as None."""
         def live(space: int | None) -> int | None:
-            return None if space is None or self.frozen_reason(space) else self.root(space)
+            return None if space is None or self.frozen_reason(space, rule) else self.root(space)
         return {prefix: (live(i), live(o)) for prefix, (i, o, _) in self.layers.items()}
 
 
@@ -130,6 +143,8 @@ class _Recorder(TorchFunctionMode):
         self.labels: dict[int, Labels] = {}
         self.alive: list[Tensor] = []  # keeps labelled tensors alive, so their ids stay unique
         self.layers: dict[str, tuple[int | None, int | None, str]] = {}
+        self.outputs: dict[int, str] = {}  # id of a conv/linear output -> its layer (a BN right after it folds)
+        self.batch_norms: dict[str, tuple[str | None, float]] = {}
 
     # ------------------------------------------------------------------ spaces
     def new_space(self, producer: str | None, width: int, frozen: str | None = None) -> int:
@@ -184,7 +199,7 @@ class _Recorder(TorchFunctionMode):
         if name in ("conv2d", "conv1d", "conv3d", "linear") and acts and params:
             self.weighted_layer(name, args, kwargs, acts[0], params, out)
         elif name == "batch_norm" and acts:
-            self.batch_norm(acts[0], params, out)
+            self.batch_norm(acts[0], params, out, _arg(args, kwargs, 7, "eps", 1e-5))
         elif not acts:
             if params and isinstance(out, Tensor):
                 pass  # parameters combined among themselves (e.g. a weight reparametrisation)
@@ -196,8 +211,9 @@ class _Recorder(TorchFunctionMode):
             self.set_labels(out, acts[0][1])
         elif len(acts) == 1 and not params and self.passes_through(name, acts[0][0], args, kwargs, out):
             if name in NON_HOMOGENEOUS:
-                self.freeze(acts[0][1], f"passes through {name}: the official merge rule keeps a model's function "
-                                        "only through ReLU-like activations")
+                for sid in np.unique(acts[0][1].space):
+                    space = self.spaces[int(sid)]
+                    space.activation = space.activation or name.rstrip("_")
             self.set_labels(out, acts[0][1])
         elif len(acts) == 1 and not params and name in ("flatten", "view", "reshape") and self.flattens(acts[0][0], out):
             labels = acts[0][1]
@@ -237,11 +253,14 @@ class _Recorder(TorchFunctionMode):
         out_labels = self.fresh(prefix, out.shape[1])
         self.layers[prefix] = (in_space, int(out_labels.space[0]), "conv" if name.startswith("conv") else "linear")
         self.set_labels(out, out_labels)
+        self.outputs[id(out)] = prefix
 
-    def batch_norm(self, act, params, out) -> None:
+    def batch_norm(self, act, params, out, eps: float) -> None:
         tensor, labels = act
         plain = labels.plain()
         prefix = params[0].rpartition(".")[0] if params else None
+        if prefix:
+            self.batch_norms[prefix] = (self.outputs.get(id(tensor)), float(eps))
         if plain is None or plain[1] != 1:
             self.freeze(labels, f"{prefix or 'a batch norm'} normalises several spaces at once")
             if prefix:
@@ -327,14 +346,16 @@ def trace_spaces(model: nn.Module, input_size: Sequence[int] = (3, 224, 224),
                        "(pass the input size the model expects)") from None
     for tensor in _flatten_args((out,), {}):
         recorder.freeze(recorder.labels_of(tensor), "the model's output")
-    return TracedGraph(recorder.spaces, recorder.parent, recorder.layers, time.perf_counter() - start)
+    return TracedGraph(recorder.spaces, recorder.parent, recorder.layers, recorder.batch_norms,
+                       time.perf_counter() - start)
 
 
 def traced_layer_spaces(graph: TracedGraph, name: Callable[[list[str]], str] | None = None,
-                        keep: Callable[[list[str]], bool] | None = None) -> dict[str, LayerSpaces]:
-    """The space map of a traced graph. Each merged space is named by ``name(producers)`` (its producing
-    layers in execution order; default: the first one) and merged only if ``keep(producers)`` (default: all)."""
-    space_map = graph.space_map()
+                        keep: Callable[[list[str]], bool] | None = None, rule: str = "official"
+                        ) -> dict[str, LayerSpaces]:
+    """The space map of a traced graph for merge ``rule``. Each merged space is named by ``name(producers)`` (its
+    producing layers in execution order; default: the first one) and merged only if ``keep(producers)``."""
+    space_map = graph.space_map(rule)
     producers: dict[int, list[str]] = {}
     for prefix, (_, out) in space_map.items():
         if out is not None and graph.layers[prefix][2] in ("conv", "linear"):

@@ -29,20 +29,22 @@ def naive_distance(params, members, n):
     return d
 
 
-def naive_merge(params, members, counts, i, j, n):
+def naive_merge(params, members, counts, i, j, n, rule="official"):
+    """Official rule: rows summed, columns count-weighted; mean rule: rows count-weighted, columns summed."""
     lo, hi = min(i, j), max(i, j)
     order = [k for k in range(n) if k not in (lo, hi)] + [hi, lo]
+    c_hi, c_lo = counts[hi], counts[lo]
     for key, axis in members:
         w = params[key]
+        averaged = (axis == 0) == (rule == "mean")
         if axis == 0:
             w = w.reshape(n, -1)[order].clone()
-            w[-2] += w[-1]
+            w[-2] = (w[-2] * c_hi + w[-1] * c_lo) / (c_hi + c_lo) if averaged else w[-2] + w[-1]
             params[key] = w[:-1].reshape(n - 1, *params[key].shape[1:])
         else:
             shape = params[key].shape
             w = w.reshape(shape[0], n, -1)[:, order].clone()
-            c_hi, c_lo = counts[hi], counts[lo]
-            w[:, -2] = (w[:, -2] * c_hi + w[:, -1] * c_lo) / (c_hi + c_lo)
+            w[:, -2] = (w[:, -2] * c_hi + w[:, -1] * c_lo) / (c_hi + c_lo) if averaged else w[:, -2] + w[:, -1]
             params[key] = w[:, :-1].reshape(shape[0], shape[1] // n * (n - 1), *shape[2:])
     counts = [counts[k] for k in order]
     counts[-2] += counts[-1]
@@ -57,7 +59,7 @@ class NaiveDeadline(Exception):
         self.visits = visits
 
 
-def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official", deadline=None):
+def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official", deadline=None, rule="official"):
     """``groups``: list of (name, width, [(key, axis), ...]). Returns (params, widths, log).
 
     ``deadline``: a ``time.perf_counter()`` value after which :class:`NaiveDeadline` is raised.
@@ -83,7 +85,7 @@ def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official", deadlin
             return False
         i, j = ((d == d_min) & off).nonzero()[0].tolist()  # first in row-major order
         log.append((it, name, i, j))
-        counts[name] = naive_merge(params, members, counts[name], i, j, n)
+        counts[name] = naive_merge(params, members, counts[name], i, j, n, rule)
         widths[name] = n - 1
         return True
 

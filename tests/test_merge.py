@@ -317,3 +317,23 @@ def test_degenerate_weights_tie_everywhere_and_still_follow_the_official_order(f
     assert result.n_merges == len(log) > 100
     assert [(s.iteration, s.group, s.i, s.j) for s in result.merge_log] == _naive_log(log)
     assert result.widths == widths
+
+
+@pytest.mark.parametrize("pending_rank", [128, 8])
+@pytest.mark.parametrize("case", ["VGG11", "ResNet18", "tv_resnet18"])
+def test_mean_rule_matches_the_naive_algorithm(case, pending_rank, monkeypatch):
+    """The dual rule (rows and 1-D parameters count-weighted, columns summed): the incremental distances stay exact
+    (same merge log as recomputing every distance from the weights) and the weights equal the naive ones."""
+    monkeypatch.setattr(GroupGram, "pending_rank", pending_rank)
+    arch, sd, groups = _weights_with_duplicates(case)
+    beta, max_ratio = CASES[case][3][0]
+    result = iterative_feature_merging(sd, groups, beta=beta, max_ratio=max_ratio, rule="mean")
+    params, widths, log = naive_ifm(sd, [(g.name, g.width, g.members) for g in groups], beta, max_ratio,
+                                    rule="mean")
+    official = iterative_feature_merging(sd, groups, beta=beta, max_ratio=max_ratio)
+    assert result.n_merges > 0 and any(not torch.equal(v, official.state_dict[k])  # the rules do differ here
+                                       for k, v in result.state_dict.items())
+    assert [(s.iteration, s.group, s.i, s.j) for s in result.merge_log] == _naive_log(log)
+    assert result.widths == widths
+    for key, value in params.items():
+        torch.testing.assert_close(result.state_dict[key].double(), value, rtol=1e-6, atol=1e-6)

@@ -166,3 +166,47 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
     assert "merges:" in merged.stdout and (tmp_path / "m.pt").exists()
     bad = _run("--arch", "no_such_model", "--no_eval", "--model_param", str(tmp_path / "mine.pt"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
+
+
+SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121")
+DUPLICATES = {  # torchvision model -> merge rule chosen by "auto" (the ones with SiLU, ReLU6... need the mean rule)
+    "mobilenet_v2": "mean", "mobilenet_v3_small": "mean", "efficientnet_b0": "mean", "regnet_y_400mf": "official",
+    "resnext50_32x4d": "official", "densenet121": "official", "wide_resnet50_2": "official",
+}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
+                                  for n in DUPLICATES])
+def test_injected_exact_duplicates_merge_and_the_function_stays(name, tmp_path):
+    """In every traced group a channel is made an exact copy of another (consumer columns split, so the function is
+    that of the copied model); with BN folded (producers and eps from the graph), at a tiny β exactly those pairs
+    merge under the rule 'auto' picks, and the slim merged model computes the same function."""
+    from ifm.archs import model_for_state_dict
+    from ifm.beyond import without_bn_statistics
+    from ifm.run import RunSpec
+    from ifm.selfmerge import load_model, merge_weights
+    torch.manual_seed(0)
+    arch = get_architecture(name, (3, 64, 64))
+    model = arch.build(10).double().eval()
+    sd = model.state_dict()
+    spec = RunSpec(arch=name, model_param=str(tmp_path / "m.pt"), merge_rule="auto", input_size=(3, 64, 64))
+    torch.save(sd, tmp_path / "m.pt")
+    rule = load_model(spec).merge_rule
+    assert rule == DUPLICATES[name]
+    foldable = without_bn_statistics(channel_groups(arch, sd, rule=rule), arch.trace(sd).batch_norms)
+    injected = [g for g in channel_groups(arch, sd, rule=rule) if g.width >= 4 and g.name in {f.name for f in foldable}]
+    for group in injected:
+        copy_channel(sd, group, 1, group.width - 2, split_columns=True)
+    model.load_state_dict(sd)
+    torch.save(sd, tmp_path / "m.pt")
+    loaded = load_model(spec)
+    result = merge_weights(loaded, 1e-9, bn_mode="fold", rule=rule)
+    assert result.n_merges == len(injected) > 0
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    merged = model_for_state_dict(arch, result.state_dict).double().eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert (merged(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+    coarse = merge_weights(loaded, 0.3, rule=rule)
+    with torch.no_grad():
+        assert model_for_state_dict(arch, coarse.state_dict).double().eval()(x).shape == expected.shape
