@@ -21,8 +21,10 @@ def _resized(module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
     if weight.shape == module.weight.shape or weight.ndim != module.weight.ndim:
         return None
     if isinstance(module, nn.Conv2d):
-        return nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], module.kernel_size,
-                         module.stride, module.padding, module.dilation, module.groups,
+        depthwise = module.groups == module.in_channels == module.out_channels and weight.shape[1] == 1
+        groups = weight.shape[0] if depthwise else module.groups  # a depthwise conv keeps one group per channel
+        return nn.Conv2d(weight.shape[1] * groups, weight.shape[0], module.kernel_size,
+                         module.stride, module.padding, module.dilation, groups,
                          module.bias is not None, module.padding_mode)
     if isinstance(module, nn.Linear):
         return nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)

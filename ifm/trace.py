@@ -10,9 +10,12 @@ rule table:
 * channel-wise ops pass the labels through: batch norm (whose parameters join the space), activations,
   pooling, dropout, padding, resizing, reductions over spatial dims, ``flatten`` (labels repeated per
   position);
-* ``add``/``sub`` of two activations (residual streams) unite the spaces of their operands;
-* everything else that takes an activation — grouped and depthwise convs, concatenation, products of
-  activations (gates), channel-indexed parameters used outside a conv/linear/BN (layer scales),
+* ``add``/``sub`` of two activations (residual streams) unite the spaces of their operands, and so does an
+  elementwise product (a squeeze-and-excitation gate: the gate's producer joins the gated group), merged by
+  the mean rule only;
+* a depthwise conv passes its input's space through; its kernels join that space as per-channel members
+  (merged under the mean rule, which averages them; frozen under the official rule, which would sum them);
+* everything else that takes an activation — grouped convs, concatenation, channel-indexed parameters used outside a conv/linear/BN (layer scales),
   reshapes that split channels, permutes, normalisations over channels, attention — *freezes* the
   spaces involved, with the reason: they are never merged (never a wrong merge). The model's output
   space is frozen too.
@@ -56,6 +59,9 @@ tanh tanh_ softplus
 REDUCTIONS = frozenset("mean sum amax amin max min".split())
 #: elementwise ops whose two activation operands must hold the same channels (their spaces unite)
 UNITING = frozenset("add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__".split())
+#: elementwise products of two activations (gates, e.g. squeeze-and-excitation): their channel-aligned spaces unite,
+#: the gate's producing rows joining the gated group; only the mean rule keeps their function when merging
+PRODUCTS = frozenset("mul mul_ __mul__ __imul__ __rmul__".split())
 #: arithmetic that, with a number (or a one-element tensor) as the other operand, treats every channel alike
 SCALAR_ARITHMETIC = UNITING | frozenset("mul mul_ __mul__ __imul__ __rmul__ div div_ __truediv__ __itruediv__".split())
 #: results of these carry no activation (sizes, flags)
@@ -70,6 +76,8 @@ class Space:
     width: int
     frozen: str | None = None  # why its channels may not be merged
     activation: str | None = None  # a channel-wise activation it passes through that is not positively homogeneous
+    depthwise: str | None = None  # a depthwise conv it passes through (its kernels are per-channel members)
+    product: str | None = None  # an elementwise product with another activation (a gate) it takes part in
 
 
 @dataclass
@@ -118,12 +126,23 @@ class TracedGraph:
         if not reasons and rule == "official":
             reasons = [f"passes through {s.activation}: the official merge rule keeps a model's function only "
                        "through ReLU-like activations (use --merge_rule mean)" for s in united if s.activation]
+            reasons += [f"passes through the depthwise conv {s.depthwise}, whose kernels the official rule would "
+                        "sum (use --merge_rule mean)" for s in united if s.depthwise]
+            reasons += [f"is multiplied with another activation ({s.product}, a gate): the official rule would sum "
+                        "both factors (use --merge_rule mean)" for s in united if s.product]
         return reasons[0] if reasons else None
 
     @property
     def activations(self) -> list[str]:
-        """The activations that are not positively homogeneous met by spaces that could be merged."""
-        return sorted({s.activation for s in self.spaces if s.activation and not self.frozen_reason(s.id, "mean")})
+        """What only the mean rule can merge without changing the function, among spaces it could merge: activations
+        that are not positively homogeneous, depthwise convs, gates."""
+        found = set()
+        for s in self.spaces:
+            if not self.frozen_reason(s.id, "mean"):
+                found |= {s.activation} if s.activation else set()
+                found |= {"depthwise convs"} if s.depthwise else set()
+                found |= {"gates (products of activations)"} if s.product else set()
+        return sorted(found)
 
     def space_map(self, rule: str = "official") -> dict[str, tuple[int | None, int | None]]:
         """``prefix -> (in root, out root)`` with spaces frozen under ``rule`` as None."""
@@ -203,7 +222,7 @@ class _Recorder(TorchFunctionMode):
         elif not acts:
             if params and isinstance(out, Tensor):
                 pass  # parameters combined among themselves (e.g. a weight reparametrisation)
-        elif name in UNITING and len(acts) == 2 and not params:
+        elif name in (UNITING | PRODUCTS) and len(acts) == 2 and not params:
             self.uniting(name, acts, out)
         elif len(acts) == 1 and not params and name in SCALAR_ARITHMETIC and len(flat) == 1 + sum(
                 t.numel() == 1 for t in flat if t is not acts[0][0]) and isinstance(out, Tensor) \
@@ -238,6 +257,14 @@ class _Recorder(TorchFunctionMode):
             self.freeze(labels, f"{prefix}: a linear over the last dim of a {tensor.dim()}-D activation")
             in_space = None
         elif groups != 1:
+            plain = labels.plain()
+            if groups == tensor.shape[1] == out.shape[1] and plain is not None and plain[1] == 1:
+                # depthwise: each channel filtered alone; its kernel (and bias) is one more per-channel member
+                space = self.spaces[plain[0]]
+                space.depthwise = space.depthwise or prefix
+                self.layers[prefix] = (None, plain[0], "depthwise")
+                self.set_labels(out, labels)
+                return
             kind = "depthwise" if groups == tensor.shape[1] == out.shape[1] else "grouped"
             self.freeze(labels, f"{prefix}: a {kind} conv (groups={groups}) reads it")
             self.layers[prefix] = (None, None, kind)
@@ -277,6 +304,9 @@ class _Recorder(TorchFunctionMode):
             self.freeze(lb, f"{name} of activations whose channels do not line up")
             self.set_labels(out, self.fresh(None, out.shape[1], f"produced by {name} of misaligned channels"))
             return
+        if name in PRODUCTS:  # a gate: merged only by the mean rule
+            for sid in (pa[0], pb[0]):
+                self.spaces[sid].product = self.spaces[sid].product or name.strip("_")
         self.unite(pa[0], pb[0])
         self.set_labels(out, la)
 
