@@ -217,11 +217,12 @@ def describe_groups(graph: TracedGraph, groups: Sequence[ChannelGroup], rule: st
 
 
 def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:
-    """Class count read from the last 2-D weight (the classifier)."""
-    matrices = [v for v in state_dict.values() if v.ndim == 2]
-    if not matrices:
-        raise IFMError("the checkpoint has no 2-D weight (no classifier); is it a CIFAR/ImageNet VGG or ResNet?")
-    return int(matrices[-1].shape[0])
+    """Class count read from the last 2-D weight (the classifier), or from the last conv for a model whose
+    classifier is a conv (SqueezeNet)."""
+    weights = [v for v in state_dict.values() if v.ndim == 2] or [v for v in state_dict.values() if v.ndim > 2]
+    if not weights:
+        raise IFMError("the checkpoint has no conv or linear weight; is it a model's state dict?")
+    return int(weights[-1].shape[0])
 
 
 def model_for_state_dict(arch: str | Architecture, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -104,7 +104,7 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
     "0-byte checkpoint": (lambda w: (w.dir / "e.pt").touch() or _vgg("--no_eval", "--model_param", "e.pt"),
                           "empty file"),
     "inf weight": (_inf_weight, "non-finite"),
-    "state dict without a 2-D weight": (_no_matrix, "no 2-D weight"),
+    "state dict without its classifier": (_no_matrix, "missing ['classifier"),
     "VGG11 weights as VGG16": (lambda w: _vgg("--no_eval", "--vgg_name", "VGG16"), "do not fit VGG16"),
     "CIFAR weights to the ImageNet script": (lambda w: [VGG_IMAGENET, "--arch", "vgg11", "--model_param", "vgg.pt",
                                                         "--no_eval", "--results", "r.jsonl"], "do not fit vgg11"),

@@ -210,3 +210,14 @@ def test_injected_exact_duplicates_merge_and_the_function_stays(name, tmp_path):
     coarse = merge_weights(loaded, 0.3, rule=rule)
     with torch.no_grad():
         assert model_for_state_dict(arch, coarse.state_dict).double().eval()(x).shape == expected.shape
+
+
+def test_the_ifm_command_is_the_any_cnn_entry_point(capsys):
+    import importlib
+    import tomllib
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["ifm"]
+    module, _, name = target.partition(":")
+    main = getattr(importlib.import_module(module), name)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--list_groups" in capsys.readouterr().out
