@@ -26,6 +26,7 @@ RESNET_IMAGENET = str(ROOT / "resnet_imagenet_self_merge.py")
 SWEEP = str(ROOT / "scripts" / "sweep.py")
 REPRODUCE = str(ROOT / "scripts" / "reproduce.py")
 COMPARE = str(ROOT / "scripts" / "compare_methods.py")
+ANY = str(ROOT / "scripts" / "self_merge.py")
 TRAIN = str(ROOT / "train_model.py")
 VGG11_CFG = str(ROOT / "cfg" / "vgg11_training.yml")
 
@@ -125,6 +126,10 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
     "compare_methods --seeds 0": (lambda w: [COMPARE, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--seeds",
                                              "0", "--data_root", "cifar", "--no_progress", "--results", "c.jsonl"],
                                   "--seeds"),
+    "any-CNN --arch that does not import": (lambda w: [ANY, "--arch", "nowhere.nets:build", "--model_param", "vgg.pt",
+                                                      "--no_eval"], "cannot import nowhere.nets:build"),
+    "any-CNN --input_size 3 0 5": (lambda w: [ANY, "--arch", "VGG11", "--model_param", "vgg.pt", "--input_size", "3",
+                                              "0", "5", "--no_eval"], "--input_size takes C H W"),
     # data
     "missing data root": (lambda w: _vgg("--data_root", "nowhere"), "no CIFAR-10 found"),
     "undecodable image": (_corrupt_image, "cannot decode image"),
