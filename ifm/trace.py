@@ -220,8 +220,7 @@ class _Recorder(TorchFunctionMode):
         elif name == "batch_norm" and acts:
             self.batch_norm(acts[0], params, out, _arg(args, kwargs, 7, "eps", 1e-5))
         elif not acts:
-            if params and isinstance(out, Tensor):
-                pass  # parameters combined among themselves (e.g. a weight reparametrisation)
+            return  # no activation involved (constants, parameters combined among themselves)
         elif name in (UNITING | PRODUCTS) and len(acts) == 2 and not params:
             self.uniting(name, acts, out)
         elif len(acts) == 1 and not params and name in SCALAR_ARITHMETIC and len(flat) == 1 + sum(
