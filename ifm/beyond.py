@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .groups import ChannelGroup
+from .groups import ChannelGroup, base_key, split_segments
 from .permute import select_channels
 
 Tensor = torch.Tensor
@@ -84,10 +84,12 @@ def without_bn_statistics(groups: Sequence[ChannelGroup], batch_norms: BatchNorm
     keep_out = unfolded(batch_norms or {})
     out = []
     for g in groups:
-        bn_layers = {m.key.rsplit(".", 1)[0] for m in g.members if m.key.endswith(".running_mean")}
+        keys = [base_key(m.key) for m in g.members]
+        bn_layers = {k.rsplit(".", 1)[0] for k in keys if k.endswith(".running_mean")}
         if bn_layers & keep_out:
             continue
-        keep = [m for m in g.members if not (m.key.rsplit(".", 1)[0] in bn_layers and m.key.rsplit(".", 1)[1] in BN_STATS)]
+        keep = [m for m, k in zip(g.members, keys) if not (k.rsplit(".", 1)[0] in bn_layers
+                                                           and k.rsplit(".", 1)[1] in BN_STATS)]
         out.append(ChannelGroup(g.name, g.width, keep))
     return out
 
@@ -124,8 +126,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -
 def channel_scores(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
     """L1 norm of every channel's producing weights (all axis-0 weights of the group)."""
     score = torch.zeros(group.width, dtype=torch.float64)
+    views = split_segments(state_dict, [group])
     for key, axis in group.members:
-        w = state_dict[key]
+        w = views[key]
         if axis == 0 and w.ndim >= 2:
             score += w.reshape(group.width, -1).abs().sum(dim=1).double()
     return score

@@ -28,11 +28,85 @@ class Member(NamedTuple):
     axis: int
 
 
-class LayerSpaces(NamedTuple):
-    """Channel spaces of one layer: ``in_space`` (axis 1) and ``out_space`` (axis 0)."""
+class Segment(NamedTuple):
+    """Entries ``start .. stop`` of a layer's axis that hold the channels of ``space`` (None: not merged): a layer
+    reading a concatenation sees several spaces side by side."""
 
-    in_space: str | None
-    out_space: str | None
+    space: str | None
+    start: int
+    stop: int
+
+
+class LayerSpaces(NamedTuple):
+    """Channel spaces of one layer: ``in_space`` (axis 1) and ``out_space`` (axis 0); either may be a tuple of
+    :class:`Segment` covering the axis (a concatenation)."""
+
+    in_space: str | tuple[Segment, ...] | None
+    out_space: str | tuple[Segment, ...] | None
+
+
+#: A member that indexes a segment of a tensor's axis is a *virtual* tensor ``key@axis:start:stop`` (the slice of the
+#: axis); :func:`split_segments` makes it, :func:`join_segments` puts merged segments back together.
+SEGMENT_MARK = "@"
+
+
+def segment_key(key: str, axis: int, start: int, stop: int) -> str:
+    return f"{key}{SEGMENT_MARK}{axis}:{start}:{stop}"
+
+
+def parse_segment_key(key: str) -> tuple[str, int, int, int] | None:
+    """``(key, axis, start, stop)`` of a virtual segment key, else None."""
+    base, mark, rest = key.rpartition(SEGMENT_MARK)
+    if not mark:
+        return None
+    axis, start, stop = (int(v) for v in rest.split(":"))
+    return base, axis, start, stop
+
+
+def base_key(key: str) -> str:
+    """The state-dict key a (possibly virtual segment) key belongs to."""
+    parsed = parse_segment_key(key)
+    return parsed[0] if parsed else key
+
+
+def split_segments(state_dict: Mapping[str, Tensor], groups: Iterable[ChannelGroup]) -> dict[str, Tensor]:
+    """``state_dict`` plus a view of each segment the groups' members name (changing a view changes the tensor)."""
+    out = dict(state_dict)
+    for group in groups:
+        for member in group.members:
+            parsed = parse_segment_key(member.key)
+            if parsed and member.key not in out:
+                key, axis, start, stop = parsed
+                out[member.key] = state_dict[key].narrow(axis, start, stop - start)
+    return out
+
+
+def join_segments(merged: Mapping[str, Tensor], original: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Put the (merged) segments of every split tensor back together along their axis, in ``original``'s key order;
+    parts of the axis no segment covers are taken from ``original`` unchanged."""
+    pieces: dict[str, list[tuple[int, int, int, str]]] = {}
+    for vkey in merged:
+        parsed = parse_segment_key(vkey)
+        if parsed:
+            key, axis, start, stop = parsed
+            pieces.setdefault(key, []).append((start, stop, axis, vkey))
+    out = {}
+    for key, tensor in original.items():
+        if key not in pieces:
+            out[key] = merged.get(key, tensor)
+            continue
+        parts, position = [], 0
+        segments = sorted(pieces[key])
+        axis = segments[0][2]
+        for start, stop, _, vkey in segments:
+            if start > position:
+                parts.append(tensor.narrow(axis, position, start - position))
+            parts.append(merged[vkey])
+            position = stop
+        if position < tensor.shape[axis]:
+            parts.append(tensor.narrow(axis, position, tensor.shape[axis] - position))
+        out[key] = torch.cat([p.to(parts[-1].dtype) for p in parts], axis)
+    return out
 
 
 @dataclass
@@ -46,7 +120,7 @@ class ChannelGroup:
     @property
     def layer(self) -> str:
         """The layer whose channels these are: its first member's module (``features.24``)."""
-        key = self.members[0].key
+        key = base_key(self.members[0].key)
         return key[: -len(".weight")] if key.endswith(".weight") else key
 
     def distance_members(self, state_dict: Mapping[str, Tensor]) -> list[Member]:
@@ -70,21 +144,36 @@ def build_groups(state_dict: Mapping[str, Tensor], spaces: Mapping[str, LayerSpa
         The groups, each with its width and members.
     """
     groups: dict[str, ChannelGroup] = {}
+
+    def add(key: str, tensor: Tensor, axis: int, space: str | None) -> None:
+        if space is None:
+            return
+        width = _channels_on_axis(tensor, axis, groups.get(space))
+        group = groups.setdefault(space, ChannelGroup(space, width))
+        if width != group.width:
+            raise ValueError(f"{key} has {width} channels on axis {axis}, but group {space!r} "
+                             f"has {group.width}: the checkpoint does not fit this architecture")
+        group.members.append(Member(key, axis))
+
     for key, tensor in state_dict.items():
         prefix, _ = _layer_of(key)
         if prefix not in spaces or tensor.ndim == 0:
             continue
         layer = spaces[prefix]
-        axes = [(0, layer.out_space)] + ([(1, layer.in_space)] if tensor.ndim >= 2 else [])
-        for axis, space in axes:
-            if space is None:
-                continue
-            width = _channels_on_axis(tensor, axis, groups.get(space))
-            group = groups.setdefault(space, ChannelGroup(space, width))
-            if width != group.width:
-                raise ValueError(f"{key} has {width} channels on axis {axis}, but group {space!r} "
-                                 f"has {group.width}: the checkpoint does not fit this architecture")
-            group.members.append(Member(key, axis))
+        in_space = layer.in_space if tensor.ndim >= 2 else None
+        if isinstance(in_space, tuple):  # reads a concatenation: one virtual tensor per segment of axis 1
+            for seg in in_space:
+                part = tensor.narrow(1, seg.start, seg.stop - seg.start)
+                vkey = segment_key(key, 1, seg.start, seg.stop)
+                add(vkey, part, 0, layer.out_space)
+                add(vkey, part, 1, seg.space)
+        elif isinstance(layer.out_space, tuple):  # a BN over a concatenation: one per segment of axis 0
+            for seg in layer.out_space:
+                add(segment_key(key, 0, seg.start, seg.stop), tensor.narrow(0, seg.start, seg.stop - seg.start), 0,
+                    seg.space)
+        else:
+            add(key, tensor, 0, layer.out_space)
+            add(key, tensor, 1, in_space)
     for group in groups.values():
         keys_by_axis = {(m.key, m.axis) for m in group.members}
         both = {k for k, a in keys_by_axis if (k, 1 - a) in keys_by_axis}

@@ -29,7 +29,7 @@ from .blas import syrk_upper
 from .device import default_device
 from .errors import IFMError
 from .gram import GroupGram, gram_matrix
-from .groups import ChannelGroup
+from .groups import ChannelGroup, join_segments, parse_segment_key, split_segments
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
@@ -193,12 +193,14 @@ class IterativeMerger:
         self.rows_averaged = rule == "mean"  # (official: rows summed, columns count-weighted; mean: the dual)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype
-        self.source = state_dict
         self.groups = list(groups)
+        self.original = state_dict
+        self.segmented = any(parse_segment_key(m.key) for g in self.groups for m in g.members)
+        self.source = split_segments(state_dict, self.groups) if self.segmented else state_dict
         member_keys = {m.key for g in self.groups for m in g.members}
         # Merged in place on the CPU, as NumPy arrays (and tensor views of them); made by NumPy, which
         # needs no thread pool (PyTorch's threads would spin against the BLAS threads).
-        self.arrays = arrays = {k: np.array(_as_numpy(state_dict[k]), _numpy_dtype(dtype)) for k in member_keys}
+        self.arrays = arrays = {k: np.array(_as_numpy(self.source[k]), _numpy_dtype(dtype)) for k in member_keys}
         bad = next((k for k in sorted(member_keys) if not np.isfinite(arrays[k]).all()), None)
         if bad is not None:
             raise IFMError(f"{bad} holds non-finite values (inf or NaN): IFM needs finite weights; "
@@ -379,7 +381,7 @@ class IterativeMerger:
             shape = (len(rows), *source.shape[1:]) if (key, 1) not in keep else \
                 (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
             out[key] = torch.from_numpy(gathered.reshape(shape)).to(source.device, source.dtype)
-        return out
+        return join_segments(out, self.original) if self.segmented else out
 
 
 #: weights NumPy cannot hold (no bfloat16) or the compiled kernels cannot write: handled through float32

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .groups import ChannelGroup
+from .groups import ChannelGroup, join_segments, split_segments
 
 Tensor = torch.Tensor
 
@@ -20,7 +20,7 @@ def select_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGr
 
     A permutation of all channels reorders a group; a subset prunes it. Selected tensors are new;
     tensors outside the groups are shared with ``state_dict``."""
-    out = dict(state_dict)
+    out = split_segments(state_dict, groups)
     for group in groups:
         keep = indices.get(group.name)
         if keep is None:
@@ -32,7 +32,7 @@ def select_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGr
             else:
                 out[key] = w.reshape(w.shape[0], group.width, -1)[:, keep].reshape(
                     w.shape[0], w.shape[1] // group.width * len(keep), *w.shape[2:])
-    return out
+    return join_segments(out, state_dict)
 
 
 def permute_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .groups import ChannelGroup
+from .groups import ChannelGroup, split_segments
 
 
 def copy_channel(state_dict: dict, group: ChannelGroup, src: int, dst: int, noise: float = 0.0,
@@ -13,8 +13,9 @@ def copy_channel(state_dict: dict, group: ChannelGroup, src: int, dst: int, nois
     ``split_columns``: instead of copying the consumer columns, split the source column equally
     between the two channels (the network then computes the same function as before).
     """
+    views = split_segments(state_dict, [group])  # (segments of a concatenation are views: changed in place)
     for key, axis in group.members:
-        w = state_dict[key]
+        w = views[key]
         view = w.view(group.width, -1) if axis == 0 else w.view(w.shape[0], group.width, -1)
         src_slice = view[src] if axis == 0 else view[:, src]
         new = src_slice.clone()

@@ -15,7 +15,9 @@ rule table:
   the mean rule only;
 * a depthwise conv passes its input's space through; its kernels join that space as per-channel members
   (merged under the mean rule, which averages them; frozen under the official rule, which would sum them);
-* everything else that takes an activation — grouped convs, concatenation, channel-indexed parameters used outside a conv/linear/BN (layer scales),
+* ``cat`` along dim 1 puts spaces side by side: a conv, linear or BN reading it has one segment per space
+  (a *virtual* tensor per segment, :func:`ifm.groups.split_segments`);
+* everything else that takes an activation — grouped convs, channel-indexed parameters used outside a conv/linear/BN (layer scales),
   reshapes that split channels, permutes, normalisations over channels, attention — *freezes* the
   spaces involved, with the reason: they are never merged (never a wrong merge). The model's output
   space is frozen too.
@@ -35,7 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import IFMError
-from .groups import LayerSpaces
+from .groups import LayerSpaces, Segment
 
 Tensor = torch.Tensor
 
@@ -62,6 +64,8 @@ UNITING = frozenset("add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub_
 #: elementwise products of two activations (gates, e.g. squeeze-and-excitation): their channel-aligned spaces unite,
 #: the gate's producing rows joining the gated group; only the mean rule keeps their function when merging
 PRODUCTS = frozenset("mul mul_ __mul__ __imul__ __rmul__".split())
+#: concatenations: along dim 1 they put spaces side by side (their consumers read segments)
+CONCATENATIONS = frozenset("cat concat concatenate".split())
 #: arithmetic that, with a number (or a one-element tensor) as the other operand, treats every channel alike
 SCALAR_ARITHMETIC = UNITING | frozenset("mul mul_ __mul__ __imul__ __rmul__ div div_ __truediv__ __itruediv__".split())
 #: results of these carry no activation (sizes, flags)
@@ -105,7 +109,7 @@ class TracedGraph:
     """What one forward pass showed: the spaces, each layer's input and output space, and timing."""
     spaces: list[Space]
     parent: list[int]
-    layers: dict[str, tuple[int | None, int | None, str]]  # prefix -> (in space, out space, kind)
+    layers: dict[str, tuple[Any, Any, str]]  # prefix -> (in space, out space, kind); a space may be segments
     batch_norms: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # prefix -> (producer, eps)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -144,9 +148,12 @@ class TracedGraph:
                 found |= {"gates (products of activations)"} if s.product else set()
         return sorted(found)
 
-    def space_map(self, rule: str = "official") -> dict[str, tuple[int | None, int | None]]:
-        """``prefix -> (in root, out root)`` with spaces frozen under ``rule`` as None."""
-        def live(space: int | None) -> int | None:
+    def space_map(self, rule: str = "official") -> dict[str, tuple[Any, Any]]:
+        """``prefix -> (in root, out root)`` with spaces frozen under ``rule`` as None; a layer reading a
+        concatenation has a tuple of ``(root, start, stop)`` segments instead of one root."""
+        def live(space):
+            if isinstance(space, tuple):
+                return tuple((live(sid), start, stop) for sid, start, stop in space)
             return None if space is None or self.frozen_reason(space, rule) else self.root(space)
         return {prefix: (live(i), live(o)) for prefix, (i, o, _) in self.layers.items()}
 
@@ -221,6 +228,9 @@ class _Recorder(TorchFunctionMode):
             self.batch_norm(acts[0], params, out, _arg(args, kwargs, 7, "eps", 1e-5))
         elif not acts:
             return  # no activation involved (constants, parameters combined among themselves)
+        elif name in CONCATENATIONS and not params and self.concatenates(args, kwargs, acts, out):
+            self.set_labels(out, Labels(np.concatenate([self.labels_of(t).space for t in args[0]]),
+                                        np.concatenate([self.labels_of(t).index for t in args[0]])))
         elif name in (UNITING | PRODUCTS) and len(acts) == 2 and not params:
             self.uniting(name, acts, out)
         elif len(acts) == 1 and not params and name in SCALAR_ARITHMETIC and len(flat) == 1 + sum(
@@ -271,11 +281,7 @@ class _Recorder(TorchFunctionMode):
             return
         else:
             plain = labels.plain()
-            if plain is None:
-                self.freeze(labels, f"{prefix} reads several spaces or channels out of order (cat, split)")
-                in_space = None
-            else:
-                in_space = plain[0]
+            in_space = self.segments(labels, prefix) if plain is None else plain[0]
         out_labels = self.fresh(prefix, out.shape[1])
         self.layers[prefix] = (in_space, int(out_labels.space[0]), "conv" if name.startswith("conv") else "linear")
         self.set_labels(out, out_labels)
@@ -287,7 +293,10 @@ class _Recorder(TorchFunctionMode):
         prefix = params[0].rpartition(".")[0] if params else None
         if prefix:
             self.batch_norms[prefix] = (self.outputs.get(id(tensor)), float(eps))
-        if plain is None or plain[1] != 1:
+        if plain is None and prefix:  # over a concatenation: each segment's parameters join its space
+            segments = self.segments(labels, prefix)
+            self.layers[prefix] = (segments, segments, "bn")
+        elif plain is None or plain[1] != 1:
             self.freeze(labels, f"{prefix or 'a batch norm'} normalises several spaces at once")
             if prefix:
                 self.layers[prefix] = (None, None, "bn")
@@ -308,6 +317,32 @@ class _Recorder(TorchFunctionMode):
                 self.spaces[sid].product = self.spaces[sid].product or name.strip("_")
         self.unite(pa[0], pb[0])
         self.set_labels(out, la)
+
+    def segments(self, labels: Labels, reader: str) -> tuple[tuple[int | None, int, int], ...]:
+        """A concatenation read by ``reader``: runs of whole spaces, as ``(space, start, stop)`` entries of dim 1; a
+        run that is not one whole space in order (a split, a shuffle) is frozen and has space None."""
+        runs, start, n = [], 0, len(labels.space)
+        while start < n:
+            stop = start
+            while stop < n and labels.space[stop] == labels.space[start]:
+                stop += 1
+            run = Labels(labels.space[start:stop], labels.index[start:stop])
+            sid = int(labels.space[start])
+            plain = run.plain()
+            if plain is None or (stop - start) // plain[1] != self.spaces[sid].width:
+                self.freeze(run, f"{reader} reads part of it, or its channels out of order")
+                runs.append((None, start, stop))
+            else:
+                runs.append((sid, start, stop))
+            start = stop
+        return tuple(runs)
+
+    def concatenates(self, args, kwargs, acts, out) -> bool:
+        """``torch.cat`` of labelled activations along dim 1."""
+        tensors = args[0] if args else kwargs.get("tensors", ())
+        dim = _arg(args, kwargs, 1, "dim", 0)
+        return (isinstance(out, Tensor) and out.dim() >= 2 and dim % out.dim() == 1 and len(tensors) == len(acts)
+                and all(self.labels_of(t) is not None for t in tensors))
 
     @staticmethod
     def passes_through(name, tensor, args, kwargs, out) -> bool:
@@ -391,6 +426,8 @@ def traced_layer_spaces(graph: TracedGraph, name: Callable[[list[str]], str] | N
             producers.setdefault(out, []).append(prefix)
     names = {root: (name or (lambda ps: ps[0]))(ps) for root, ps in producers.items() if keep is None or keep(ps)}
 
-    def label(root: int | None) -> str | None:
+    def label(root):
+        if isinstance(root, tuple):
+            return tuple(Segment(label(sid), start, stop) for sid, start, stop in root)
         return None if root is None else names.get(root)
     return {prefix: LayerSpaces(label(i), label(o)) for prefix, (i, o) in space_map.items()}

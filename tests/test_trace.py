@@ -78,11 +78,11 @@ def test_unknown_channel_ops_freeze_the_spaces_they_touch(op, frozen):
 TORCHVISION = {  # model -> (input size, words of a frozen reason it must give, at least this many groups)
     "mobilenet_v3_small": (64, "depthwise", 10),
     "efficientnet_b0": (64, "silu", 5),
-    "densenet121": (64, "cat", 50),
+    "densenet121": (64, "the model's output", 100),
     "regnet_y_400mf": (64, "grouped conv", 15),
     "resnext50_32x4d": (64, "grouped conv", 5),
     "convnext_tiny": (64, "permute", 0),
-    "shufflenet_v2_x0_5": (64, "cat", 1),
+    "shufflenet_v2_x0_5": (64, "view", 1),
     "wide_resnet50_2": (64, "the model's output", 30),
 }
 
@@ -168,10 +168,13 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
 
 
-SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121")
-DUPLICATES = {  # torchvision model -> merge rule chosen by "auto" (the ones with SiLU, ReLU6... need the mean rule)
-    "mobilenet_v2": "mean", "mobilenet_v3_small": "mean", "efficientnet_b0": "mean", "regnet_y_400mf": "official",
-    "resnext50_32x4d": "official", "densenet121": "official", "wide_resnet50_2": "official",
+SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet")
+DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rule and BN mode tested)
+    "mobilenet_v2": ("mean", "mean", "fold"), "mobilenet_v3_small": ("mean", "mean", "fold"),
+    "efficientnet_b0": ("mean", "mean", "fold"), "regnet_y_400mf": ("official", "official", "fold"),
+    "resnext50_32x4d": ("official", "official", "fold"), "wide_resnet50_2": ("official", "official", "fold"),
+    "googlenet": ("official", "official", "fold"),  # concatenations read by convs
+    "densenet121": ("official", "mean", "official"),  # BNs over concatenations: pre-activation, averaged by mean
 }
 
 
@@ -191,16 +194,17 @@ def test_injected_exact_duplicates_merge_and_the_function_stays(name, tmp_path):
     sd = model.state_dict()
     spec = RunSpec(arch=name, model_param=str(tmp_path / "m.pt"), merge_rule="auto", input_size=(3, 64, 64))
     torch.save(sd, tmp_path / "m.pt")
-    rule = load_model(spec).merge_rule
-    assert rule == DUPLICATES[name]
-    foldable = without_bn_statistics(channel_groups(arch, sd, rule=rule), arch.trace(sd).batch_norms)
-    injected = [g for g in channel_groups(arch, sd, rule=rule) if g.width >= 4 and g.name in {f.name for f in foldable}]
+    auto, rule, bn_mode = DUPLICATES[name]
+    assert load_model(spec).merge_rule == auto
+    groups = channel_groups(arch, sd, rule=rule)
+    kept = without_bn_statistics(groups, arch.trace(sd).batch_norms) if bn_mode == "fold" else groups
+    injected = [g for g in groups if g.width >= 4 and g.name in {k.name for k in kept}]
     for group in injected:
         copy_channel(sd, group, 1, group.width - 2, split_columns=True)
     model.load_state_dict(sd)
     torch.save(sd, tmp_path / "m.pt")
     loaded = load_model(spec)
-    result = merge_weights(loaded, 1e-9, bn_mode="fold", rule=rule)
+    result = merge_weights(loaded, 1e-9, bn_mode=bn_mode, rule=rule)
     assert result.n_merges == len(injected) > 0
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     merged = model_for_state_dict(arch, result.state_dict).double().eval()
