@@ -110,11 +110,13 @@ ARCHITECTURES: dict[str, Architecture] = _registry()
 
 def get_architecture(name: str, input_size: Sequence[int] | None = None) -> Architecture:
     """Look an architecture up by name: a registered one (``VGG16``, ``ResNet50``, ``vgg16_bn``, ``resnet50``...,
-    with the official group names), any torchvision classification model (``mobilenet_v2``, ``densenet121``...)
-    or ``package.module:callable`` returning an ``nn.Module`` of yours; ``input_size`` (C, H, W) replaces the
+    with the official group names), any torchvision classification model (``mobilenet_v2``, ``densenet121``...),
+    a timm model (``timm/resnet50d``) or ``package.module:callable`` returning an ``nn.Module`` of yours; ``input_size`` (C, H, W) replaces the
     default input (CIFAR 3x32x32, else 3x224x224) for tracing."""
     if name in ARCHITECTURES:
         arch = ARCHITECTURES[name]
+    elif name.startswith("timm/"):
+        arch = Architecture(name, "imagenet", (3, 224, 224), _timm_builder(name[len("timm/"):]))
     elif ":" in name:
         arch = Architecture(name, "imagenet", (3, 224, 224), _user_builder(name))
     elif name in _torchvision_names():
@@ -132,6 +134,17 @@ def get_architecture(name: str, input_size: Sequence[int] | None = None) -> Arch
 def _torchvision_names() -> list[str]:
     import torchvision
     return torchvision.models.list_models(module=torchvision.models)
+
+
+def _timm_builder(model_name: str) -> Callable[[int], nn.Module]:
+    """``timm/<name>``: a timm model (random init; load its weights with --model_param)."""
+    try:
+        import timm
+    except ImportError:
+        raise IFMError(f"timm/{model_name} needs timm: pip install timm") from None
+    if model_name not in timm.list_models():
+        raise IFMError(f"timm has no model {model_name!r} (see timm.list_models())")
+    return lambda num_classes: timm.create_model(model_name, pretrained=False, num_classes=num_classes)
 
 
 def _user_builder(spec: str) -> Callable[[int], nn.Module]:

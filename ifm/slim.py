@@ -17,21 +17,32 @@ from .errors import IFMError
 
 def _resized(module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
     """A copy of ``module`` shaped for ``weight``, or None if it already fits or cannot (another kind of layer:
-    the strict load then names the mismatch)."""
+    the strict load then names the mismatch). The copy keeps the module's class and settings (a timm conv with
+    'same' padding, a BN with its activation); only its sizes and parameter shapes change."""
     if weight.shape == module.weight.shape or weight.ndim != module.weight.ndim:
         return None
-    if isinstance(module, nn.Conv2d):
+    like = {"dtype": module.weight.dtype, "device": module.weight.device}
+    out = weight.shape[0]
+    if isinstance(module, nn.modules.conv._ConvNd):
         depthwise = module.groups == module.in_channels == module.out_channels and weight.shape[1] == 1
-        groups = weight.shape[0] if depthwise else module.groups  # a depthwise conv keeps one group per channel
-        return nn.Conv2d(weight.shape[1] * groups, weight.shape[0], module.kernel_size,
-                         module.stride, module.padding, module.dilation, groups,
-                         module.bias is not None, module.padding_mode)
-    if isinstance(module, nn.Linear):
-        return nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return type(module)(weight.shape[0], module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
-    return None
+        new = copy.deepcopy(module)
+        new.groups = out if depthwise else module.groups  # a depthwise conv keeps one group per channel
+        new.in_channels, new.out_channels = weight.shape[1] * new.groups, out
+    elif isinstance(module, nn.Linear):
+        new = copy.deepcopy(module)
+        new.in_features, new.out_features = weight.shape[1], out
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        new = copy.deepcopy(module)
+        new.num_features = out
+        for name in ("running_mean", "running_var"):
+            if getattr(new, name, None) is not None:
+                setattr(new, name, torch.zeros(out, **like))
+    else:
+        return None
+    new.weight = nn.Parameter(torch.empty(weight.shape, **like))
+    if getattr(new, "bias", None) is not None:
+        new.bias = nn.Parameter(torch.empty(out, **like))
+    return new
 
 
 def slim_model(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "the model") -> nn.Module:

@@ -410,6 +410,13 @@ def trace_spaces(model: nn.Module, input_size: Sequence[int] = (3, 224, 224),
                        "(pass the input size the model expects)") from None
     for tensor in _flatten_args((out,), {}):
         recorder.freeze(recorder.labels_of(tensor), "the model's output")
+    for prefix, (in_space, out_space, kind) in recorder.layers.items():
+        inputs = [sid for sid, _, _ in in_space] if isinstance(in_space, tuple) else [in_space]
+        if kind in ("conv", "linear") and any(sid is not None and recorder.root(sid) == recorder.root(out_space)
+                                              for sid in inputs):
+            space = recorder.spaces[out_space]
+            space.frozen = space.frozen or (f"{prefix} reads and writes these same channels (a residual around "
+                                            "one layer): one group cannot index both axes of a weight")
     return TracedGraph(recorder.spaces, recorder.parent, recorder.layers, recorder.batch_norms,
                        time.perf_counter() - start)
 

@@ -168,13 +168,14 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
 
 
-SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet")
+SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d")
 DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rule and BN mode tested)
     "mobilenet_v2": ("mean", "mean", "fold"), "mobilenet_v3_small": ("mean", "mean", "fold"),
     "efficientnet_b0": ("mean", "mean", "fold"), "regnet_y_400mf": ("official", "official", "fold"),
     "resnext50_32x4d": ("official", "official", "fold"), "wide_resnet50_2": ("official", "official", "fold"),
     "googlenet": ("official", "official", "fold"),  # concatenations read by convs
     "densenet121": ("official", "mean", "official"),  # BNs over concatenations: pre-activation, averaged by mean
+    "timm/resnet50d": ("official", "official", "fold"), "timm/mobilenetv3_large_100": ("mean", "mean", "fold"),
 }
 
 
@@ -188,6 +189,8 @@ def test_injected_exact_duplicates_merge_and_the_function_stays(name, tmp_path):
     from ifm.beyond import without_bn_statistics
     from ifm.run import RunSpec
     from ifm.selfmerge import load_model, merge_weights
+    if name.startswith("timm/"):
+        pytest.importorskip("timm")
     torch.manual_seed(0)
     arch = get_architecture(name, (3, 64, 64))
     model = arch.build(10).double().eval()
