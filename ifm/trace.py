@@ -86,9 +86,14 @@ class Space:
 
 @dataclass
 class Labels:
-    """Which space and channel each dim-1 entry of an activation holds (``block``: entries per channel)."""
+    """Which space and channel each entry of an activation's channel dim holds: dim 1, or the last dim of a
+    channels-last block (after a permute)."""
     space: np.ndarray
     index: np.ndarray
+    dim: int = 1
+
+    def moved(self, dim: int) -> "Labels":
+        return Labels(self.space, self.index, dim)
 
     def plain(self) -> tuple[int, int] | None:
         """``(space, block)`` when the entries are one space's channels in order, each repeated ``block``
@@ -198,7 +203,7 @@ class _Recorder(TorchFunctionMode):
                 space.frozen = reason
 
     def set_labels(self, tensor: Any, labels: Labels) -> None:
-        if isinstance(tensor, Tensor) and tensor.dim() >= 2 and tensor.shape[1] == len(labels.space):
+        if isinstance(tensor, Tensor) and tensor.dim() > labels.dim and tensor.shape[labels.dim] == len(labels.space):
             self.labels[id(tensor)] = labels
             self.alive.append(tensor)
 
@@ -237,13 +242,14 @@ class _Recorder(TorchFunctionMode):
                 t.numel() == 1 for t in flat if t is not acts[0][0]) and isinstance(out, Tensor) \
                 and out.shape == acts[0][0].shape:  # x * 0.5, x + 3: every channel alike
             self.set_labels(out, acts[0][1])
-        elif len(acts) == 1 and not params and self.passes_through(name, acts[0][0], args, kwargs, out):
+        elif len(acts) == 1 and not params and self.passes_through(name, acts[0], args, kwargs, out) is not None:
             if name in NON_HOMOGENEOUS:
                 for sid in np.unique(acts[0][1].space):
                     space = self.spaces[int(sid)]
                     space.activation = space.activation or name.rstrip("_")
-            self.set_labels(out, acts[0][1])
-        elif len(acts) == 1 and not params and name in ("flatten", "view", "reshape") and self.flattens(acts[0][0], out):
+            self.set_labels(out, self.passes_through(name, acts[0], args, kwargs, out))
+        elif len(acts) == 1 and not params and name in ("flatten", "view", "reshape") and acts[0][1].dim == 1 \
+                and self.flattens(acts[0][0], out):
             labels = acts[0][1]
             block = int(np.prod(acts[0][0].shape[2:])) if acts[0][0].dim() > 2 else 1
             self.set_labels(out, Labels(np.repeat(labels.space, block), np.repeat(labels.index, block)))
@@ -262,8 +268,9 @@ class _Recorder(TorchFunctionMode):
             else params[0]
         prefix = weight.rpartition(".")[0]
         groups = _arg(args, kwargs, 6, "groups", 1) if name.startswith("conv") else 1
-        if name == "linear" and tensor.dim() != 2:
-            self.freeze(labels, f"{prefix}: a linear over the last dim of a {tensor.dim()}-D activation")
+        channel_dim = tensor.dim() - 1 if name == "linear" else 1  # a linear reads the last dim (channels-last)
+        if labels.dim != channel_dim:
+            self.freeze(labels, f"{prefix} reads another dim than the one holding these channels")
             in_space = None
         elif groups != 1:
             plain = labels.plain()
@@ -282,7 +289,7 @@ class _Recorder(TorchFunctionMode):
         else:
             plain = labels.plain()
             in_space = self.segments(labels, prefix) if plain is None else plain[0]
-        out_labels = self.fresh(prefix, out.shape[1])
+        out_labels = self.fresh(prefix, out.shape[channel_dim]).moved(channel_dim)
         self.layers[prefix] = (in_space, int(out_labels.space[0]), "conv" if name.startswith("conv") else "linear")
         self.set_labels(out, out_labels)
         self.outputs[id(out)] = prefix
@@ -293,7 +300,11 @@ class _Recorder(TorchFunctionMode):
         prefix = params[0].rpartition(".")[0] if params else None
         if prefix:
             self.batch_norms[prefix] = (self.outputs.get(id(tensor)), float(eps))
-        if plain is None and prefix:  # over a concatenation: each segment's parameters join its space
+        if labels.dim != 1:
+            self.freeze(labels, f"{prefix or 'a batch norm'} normalises another dim than the channels'")
+            if prefix:
+                self.layers[prefix] = (None, None, "bn")
+        elif plain is None and prefix:  # over a concatenation: each segment's parameters join its space
             segments = self.segments(labels, prefix)
             self.layers[prefix] = (segments, segments, "bn")
         elif plain is None or plain[1] != 1:
@@ -307,7 +318,8 @@ class _Recorder(TorchFunctionMode):
     def uniting(self, name, acts, out) -> None:
         (a, la), (b, lb) = acts
         pa, pb = la.plain(), lb.plain()
-        if a.shape[1] != b.shape[1] or pa is None or pb is None or pa[1] != pb[1]:
+        if la.dim != lb.dim or a.dim() != b.dim() or pa is None or pb is None or pa[1] != pb[1] \
+                or a.shape[la.dim] != b.shape[lb.dim]:
             self.freeze(la, f"{name} of activations whose channels do not line up")
             self.freeze(lb, f"{name} of activations whose channels do not line up")
             self.set_labels(out, self.fresh(None, out.shape[1], f"produced by {name} of misaligned channels"))
@@ -338,27 +350,44 @@ class _Recorder(TorchFunctionMode):
         return tuple(runs)
 
     def concatenates(self, args, kwargs, acts, out) -> bool:
-        """``torch.cat`` of labelled activations along dim 1."""
+        """``torch.cat`` of labelled activations along dim 1 (channels-first)."""
         tensors = args[0] if args else kwargs.get("tensors", ())
         dim = _arg(args, kwargs, 1, "dim", 0)
         return (isinstance(out, Tensor) and out.dim() >= 2 and dim % out.dim() == 1 and len(tensors) == len(acts)
-                and all(self.labels_of(t) is not None for t in tensors))
+                and all(self.labels_of(t) is not None and self.labels_of(t).dim == 1 for t in tensors))
 
     @staticmethod
-    def passes_through(name, tensor, args, kwargs, out) -> bool:
-        if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[1] != tensor.shape[1]:
-            return False
-        if name in CHANNELWISE:
-            if name == "__getitem__":  # indexing that keeps dim 0 and 1 whole
-                index = args[1] if len(args) > 1 else None
-                index = index if isinstance(index, tuple) else (index,)
-                return len(index) >= 2 and all(i == slice(None) for i in index[:2])
-            return True
+    def passes_through(name, act, args, kwargs, out) -> Labels | None:
+        """The labels of ``out`` if ``name`` acts on each channel alone (None otherwise): channel-wise ops, reductions
+        over other dims, permutes (which move the channel dim)."""
+        tensor, labels = act
+        d = labels.dim
+        if not isinstance(out, Tensor):
+            return None
+        if name == "permute":
+            dims = args[1:] if len(args) > 1 and isinstance(args[1], int) else _arg(args, kwargs, 1, "dims", ())
+            dims = [v % tensor.dim() for v in dims]
+            return labels.moved(dims.index(d)) if len(dims) == tensor.dim() and d in dims else None
         if name in REDUCTIONS:
             dims = _arg(args, kwargs, 1, "dim", None)
-            dims = (dims,) if isinstance(dims, int) else dims
-            return dims is not None and all(d % tensor.dim() != 1 for d in dims)
-        return False
+            dims = [dims] if isinstance(dims, int) else dims
+            if dims is None or not all(isinstance(v, int) for v in dims):
+                return None
+            dims = [v % tensor.dim() for v in dims]
+            if d in dims:
+                return None
+            keep = _arg(args, kwargs, 2, "keepdim", False)
+            new = d if keep else d - sum(v < d for v in dims)
+            return labels.moved(new) if out.dim() > new and out.shape[new] == tensor.shape[d] else None
+        if out.dim() != tensor.dim() or out.shape[d] != tensor.shape[d]:
+            return None
+        if name in CHANNELWISE:
+            if name == "__getitem__":  # indexing that keeps dims 0 .. d whole
+                index = args[1] if len(args) > 1 else None
+                index = index if isinstance(index, tuple) else (index,)
+                return labels if len(index) > d and all(i == slice(None) for i in index[:d + 1]) else None
+            return labels
+        return None
 
     @staticmethod
     def flattens(tensor, out) -> bool:
