@@ -50,11 +50,19 @@ def batch_norms_by_order(state_dict: Mapping[str, Tensor], eps: float = 1e-5) ->
 def fold_batchnorm(state_dict: Mapping[str, Tensor], batch_norms: BatchNorms | None = None) -> dict[str, Tensor]:
     """Fold every BN into its producer: ``W <- W·γ/σ``, BN bias ``<- β + (b - μ)·γ/σ`` (conv bias 0),
     and BN weight 1, mean 0, var ``1 - eps`` (so the BN computes ``x + bias``). A BN without a producer right
-    before it is left as it is (see :func:`unfolded`)."""
+    before it (pre-activation) becomes the affine map ``x·γ/σ + β - μγ/σ`` (weight ``γ/σ``, mean 0, var
+    ``1 - eps``)."""
     batch_norms = batch_norms_by_order(state_dict) if batch_norms is None else batch_norms
     folded = {k: v.clone() for k, v in state_dict.items()}
     for bn, (producer, eps) in batch_norms.items():
-        if producer is None or f"{bn}.running_mean" not in folded:
+        if f"{bn}.running_mean" not in folded:
+            continue
+        if producer is None:  # pre-activation: becomes an affine per-channel scale and shift
+            scale = folded[f"{bn}.weight"] / torch.sqrt(folded[f"{bn}.running_var"] + eps)
+            folded[f"{bn}.bias"] = folded[f"{bn}.bias"] - folded[f"{bn}.running_mean"] * scale
+            folded[f"{bn}.weight"] = scale
+            folded[f"{bn}.running_mean"] = torch.zeros_like(scale)
+            folded[f"{bn}.running_var"] = torch.full_like(scale, 1 - eps)
             continue
         gamma, beta = folded[f"{bn}.weight"], folded[f"{bn}.bias"]
         mean, var = folded[f"{bn}.running_mean"], folded[f"{bn}.running_var"]
@@ -72,25 +80,29 @@ def fold_batchnorm(state_dict: Mapping[str, Tensor], batch_norms: BatchNorms | N
     return folded
 
 
-def unfolded(batch_norms: BatchNorms) -> set[str]:
-    """BN layers that folding leaves alone (no conv/linear right before them: pre-activation BN)."""
+def affine(batch_norms: BatchNorms) -> set[str]:
+    """BN layers folding turns into a per-channel scale and shift (no conv/linear right before them)."""
     return {bn for bn, (producer, _) in batch_norms.items() if producer is None}
 
 
 def without_bn_statistics(groups: Sequence[ChannelGroup], batch_norms: BatchNorms | None = None
                           ) -> list[ChannelGroup]:
-    """Groups without BN weight / running statistics as members (identities after folding; BN bias stays). A group
-    that holds a BN folding left alone is dropped: merging would sum its statistics."""
-    keep_out = unfolded(batch_norms or {})
+    """Groups without the running statistics of folded BNs, nor the weight of those folded into their producer
+    (identities after folding; BN bias stays). The weight of an affine BN stays, as a scale averaged by any rule."""
+    scaled = affine(batch_norms or {})
     out = []
     for g in groups:
         keys = [base_key(m.key) for m in g.members]
         bn_layers = {k.rsplit(".", 1)[0] for k in keys if k.endswith(".running_mean")}
-        if bn_layers & keep_out:
-            continue
-        keep = [m for m, k in zip(g.members, keys) if not (k.rsplit(".", 1)[0] in bn_layers
-                                                           and k.rsplit(".", 1)[1] in BN_STATS)]
-        out.append(ChannelGroup(g.name, g.width, keep))
+        keep, scales = [], set(g.scales)
+        for m, k in zip(g.members, keys):
+            layer, param = k.rsplit(".", 1)
+            if layer in bn_layers and param in BN_STATS:
+                if not (layer in scaled and param == "weight"):
+                    continue
+                scales.add(m.key)
+            keep.append(m)
+        out.append(ChannelGroup(g.name, g.width, keep, frozenset(scales)))
     return out
 
 
@@ -99,11 +111,12 @@ def reset_identity_bn(state_dict: Mapping[str, Tensor], batch_norms: BatchNorms 
     batch_norms = batch_norms_by_order(state_dict) if batch_norms is None else batch_norms
     out = dict(state_dict)
     for bn, (producer, eps) in batch_norms.items():
-        if producer is None or f"{bn}.running_mean" not in out:
+        if f"{bn}.running_mean" not in out:
             continue
         width = out[f"{bn}.bias"].shape[0]
         like = out[f"{bn}.bias"]
-        out[f"{bn}.weight"] = torch.ones(width, dtype=like.dtype)
+        if producer is not None:  # (an affine BN keeps its merged scale)
+            out[f"{bn}.weight"] = torch.ones(width, dtype=like.dtype)
         out[f"{bn}.running_mean"] = torch.zeros(width, dtype=like.dtype)
         out[f"{bn}.running_var"] = torch.full((width,), 1 - eps, dtype=like.dtype)
     return out

@@ -116,6 +116,8 @@ class ChannelGroup:
     name: str
     width: int
     members: list[Member] = field(default_factory=list)
+    #: 1-D members that scale each channel (a BN turned affine): count-averaged by every merge rule
+    scales: frozenset[str] = frozenset()
 
     @property
     def layer(self) -> str:

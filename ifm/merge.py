@@ -113,8 +113,10 @@ class _GroupState:
         axis0 = [m.key for m in group.members if m.axis == 0]
         self.row_views = [_rows(arrays[k], n) for k in axis0 if arrays[k].ndim >= 2 and (k, 0) not in linked]
         self.col_views = [_cols(arrays[m.key], n) for m in group.members if m.axis == 1 and (m.key, 1) not in linked]
-        self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1]
+        self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1 and k not in group.scales]
         self.vectors = np.stack([arrays[k] for k in self.vector_keys], 1) if self.vector_keys else None
+        self.scale_keys = [k for k in axis0 if arrays[k].ndim == 1 and k in group.scales]  # averaged by any rule
+        self.scales = np.stack([arrays[k] for k in self.scale_keys], 1) if self.scale_keys else None
 
     @property
     def width(self) -> int:
@@ -284,6 +286,8 @@ class IterativeMerger:
                 state.vectors[a] += state.vectors[b]
             for cols in state.col_views:
                 cols[:, a] += wb * (cols[:, b] - cols[:, a])
+        if state.scales is not None:
+            state.scales[a] += wb * (state.scales[b] - state.scales[a])
         state.merge_slots(a, b, wa, wb)
 
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
@@ -357,8 +361,9 @@ class IterativeMerger:
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
         current = dict(self.arrays)
-        for state in self.states:  # 1-D rows were merged in their stacked copy
+        for state in self.states:  # 1-D rows were merged in their stacked copies
             current.update({key: state.vectors[:, c] for c, key in enumerate(state.vector_keys)})
+            current.update({key: state.scales[:, c] for c, key in enumerate(state.scale_keys)})
         keep = {}  # (key, axis) -> (group width, kept slots in official order)
         for state in self.states:
             slots = np.array(state.official_slots(), np.int64)

@@ -175,7 +175,7 @@ DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rule and BN m
     "efficientnet_b0": ("mean", "mean", "fold"), "regnet_y_400mf": ("official", "official", "fold"),
     "resnext50_32x4d": ("official", "official", "fold"), "wide_resnet50_2": ("official", "official", "fold"),
     "googlenet": ("official", "official", "fold"),  # concatenations read by convs
-    "densenet121": ("official", "mean", "official"),  # BNs over concatenations: pre-activation, averaged by mean
+    "densenet121": ("official", "official", "fold"),  # pre-activation BNs over concatenations: folded to affine
     "convnext_tiny": ("mean", "mean", "fold"),  # linears over the channels-last dim, GELU
     "timm/resnet50d": ("official", "official", "fold"), "timm/mobilenetv3_large_100": ("mean", "mean", "fold"),
 }
