@@ -169,7 +169,8 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
 
 
-SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d")
+SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d", "convnext_tiny",
+               "timm/mobilenetv3_large_100", "regnet_y_400mf", "efficientnet_b0")  # (the quick loop keeps two)
 DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rule and BN mode tested)
     "mobilenet_v2": ("mean", "mean", "fold"), "mobilenet_v3_small": ("mean", "mean", "fold"),
     "efficientnet_b0": ("mean", "mean", "fold"), "regnet_y_400mf": ("official", "official", "fold"),
