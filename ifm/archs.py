@@ -171,12 +171,13 @@ def _user_builder(spec: str) -> Callable[[int], nn.Module]:
 
 def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str, Tensor] | None = None,
                    stages: Iterable[int] | None = None, input_size: Sequence[int] = (3, 224, 224),
-                   rule: str = "official") -> list[ChannelGroup]:
+                   rule: str = "official", graph: TracedGraph | None = None) -> list[ChannelGroup]:
     """Channel groups of ``state_dict`` for ``arch`` (ResNets: ``stages``, default the official (3, 4)) that merge
     ``rule`` may merge (the official rule leaves spaces behind SiLU, GELU... alone; the mean rule merges them).
 
     ``arch`` may also be any ``nn.Module``: its groups are traced from one forward pass on a
-    ``(1, *input_size)`` input, for its own weights unless ``state_dict`` is given."""
+    ``(1, *input_size)`` input, for its own weights unless ``state_dict`` is given. ``graph``: the architecture's
+    traced graph, if already at hand (else it is traced now)."""
     if isinstance(arch, nn.Module):
         graph = trace_spaces(arch, input_size)
         return build_groups(arch.state_dict() if state_dict is None else state_dict,
@@ -188,7 +189,7 @@ def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str
         raise IFMError(f"--stages applies to ResNets only, not {arch.name}")
     if stages is not None and (not list(stages) or not set(stages) <= {1, 2, 3, 4}):
         raise IFMError(f"ResNet stages are 1, 2, 3 and 4; got {list(stages)} (the official choice is 3 4)")
-    return build_groups(state_dict, arch.spaces(state_dict, stages, rule=rule))
+    return build_groups(state_dict, arch.spaces(state_dict, stages, graph, rule))
 
 
 def check_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],

@@ -272,22 +272,14 @@ class IterativeMerger:
         wa, wb = state.merge_weights(a, b)
         for link in self.links[index]:  # at the other group's live slots only
             self._update_linked_gram(link, a, b, wa, wb)
-        if self.rows_averaged:
-            for rows in state.row_views:
-                rows[a] += wb * (rows[b] - rows[a])
-            if state.vectors is not None:
-                state.vectors[a] += wb * (state.vectors[b] - state.vectors[a])
-            for cols in state.col_views:
-                cols[:, a] += cols[:, b]
-        else:
-            for rows in state.row_views:  # dead slots keep stale values: nothing reads them again
-                rows[a] += rows[b]
-            if state.vectors is not None:
-                state.vectors[a] += state.vectors[b]
-            for cols in state.col_views:
-                cols[:, a] += wb * (cols[:, b] - cols[:, a])
+        for rows in state.row_views:  # dead slots keep stale values: nothing reads them again
+            _combine(rows[a], rows[b], wb, self.rows_averaged)
+        if state.vectors is not None:
+            _combine(state.vectors[a], state.vectors[b], wb, self.rows_averaged)
+        for cols in state.col_views:
+            _combine(cols[:, a], cols[:, b], wb, not self.rows_averaged)
         if state.scales is not None:
-            state.scales[a] += wb * (state.scales[b] - state.scales[a])
+            _combine(state.scales[a], state.scales[b], wb, True)
         state.merge_slots(a, b, wa, wb)
 
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
@@ -387,6 +379,14 @@ class IterativeMerger:
                 (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
             out[key] = torch.from_numpy(gathered.reshape(shape)).to(source.device, source.dtype)
         return join_segments(out, self.original) if self.segmented else out
+
+
+def _combine(into: np.ndarray, other: np.ndarray, wb: float, averaged: bool) -> None:
+    """Merge ``other`` into the view ``into``: the count-weighted mean (``other`` weighing ``wb``) or the sum."""
+    if averaged:
+        into += wb * (other - into)
+    else:
+        into += other
 
 
 #: weights NumPy cannot hold (no bfloat16) or the compiled kernels cannot write: handled through float32

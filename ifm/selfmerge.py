@@ -24,10 +24,10 @@ from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from .device import pick_device
-from .groups import build_groups
 from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
 from .metrics import count_flops, count_params
 from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
+from .trace import TracedGraph
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -94,6 +94,7 @@ class LoadedModel:
     model: nn.Module  # the original model with these weights
     merge_rule: str = "official"  # the run's rule ("auto" resolved)
     rule_reason: str = ""  # why "auto" chose it
+    graph: TracedGraph | None = None  # the architecture's traced graph (its channel spaces), traced once
 
 
 def _torchvision_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
@@ -139,15 +140,16 @@ def load_model(spec: RunSpec) -> LoadedModel:
         checkpoint, digest = str(spec.model_param), file_digest(spec.model_param)
         normalize = _training_normalization(Path(spec.model_param)) if arch.dataset == "cifar10" else None
     model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
+    graph = arch.trace(state_dict)
     rule, reason = spec.merge_rule, ""
     if rule == "auto":
-        activations = arch.trace(state_dict).activations
+        activations = graph.activations
         rule = "mean" if activations else "official"
         reason = (f"mean: the model has {', '.join(activations)} between layers it merges" if activations
                   else "official: every activation between merged layers is ReLU-like")
     if spec.arch not in ARCHITECTURES:  # traced groups of a model nobody described: checked once
-        check_groups(arch, state_dict, channel_groups(arch, state_dict, spec.stages, rule=rule))
-    return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model, rule, reason)
+        check_groups(arch, state_dict, channel_groups(arch, state_dict, spec.stages, rule=rule, graph=graph))
+    return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model, rule, reason, graph)
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -159,16 +161,16 @@ class Evaluator:
             raise ValueError("this run merges only (no data root)")
         self.device, self.spec, self.options, self.loaded = device, spec, options, loaded
         if loaded.arch.dataset == "cifar10":
-            test = datasets.load_cifar10(spec.data_root, "test", download=spec.download, progress=options.progress)
-            self.data = test.subset(datasets.spread_indices(len(test), spec.eval_samples))
+            full = datasets.load_cifar10(spec.data_root, "test", download=spec.download, progress=options.progress)
+            self.data = full.subset(datasets.spread_indices(len(full), spec.eval_samples))
         else:
             full = datasets.imagenet_val(spec.data_root)
             from torch.utils.data import Subset
             self.data = Subset(full, datasets.spread_indices(len(full), spec.eval_samples).tolist())
-        classes = full.classes if loaded.arch.dataset != "cifar10" else test.classes
-        if len(classes) != num_classes_of(loaded.state_dict):
-            raise IFMError(f"{spec.data_root} has {len(classes)} classes but the checkpoint's classifier has "
-                           f"{num_classes_of(loaded.state_dict)} outputs: labels would not match; check --data_root")
+        outputs = num_classes_of(loaded.state_dict)
+        if len(full.classes) != outputs:
+            raise IFMError(f"{spec.data_root} has {len(full.classes)} classes but the checkpoint's classifier has "
+                           f"{outputs} outputs: labels would not match; check --data_root")
         self.total = len(self.data)
 
     def batches(self) -> Iterable:
@@ -220,10 +222,11 @@ def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, orde
     """IFM on the loaded weights; ``bn_mode="fold"`` folds BN into the convs first (beyond the paper); ``rule``:
     the official or the mean merge rule."""
     state_dict = loaded.state_dict
-    groups = channel_groups(loaded.arch, state_dict, stages, rule=rule)
+    graph = loaded.graph or loaded.arch.trace(state_dict)
+    groups = channel_groups(loaded.arch, state_dict, stages, rule=rule, graph=graph)
     fold = bn_mode == "fold"
     if fold:  # each BN's producer and eps, from the graph
-        batch_norms = loaded.arch.trace(state_dict).batch_norms
+        batch_norms = graph.batch_norms
         state_dict = beyond.fold_batchnorm(state_dict, batch_norms)
         groups = beyond.without_bn_statistics(groups, batch_norms)
     result = iterative_feature_merging(state_dict, groups, beta=beta, max_ratio=max_ratio, order=order,
@@ -235,7 +238,7 @@ def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, orde
 
 def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> list[dict]:
     """Pruning baselines (``spec.method`` l1 or random) at IFM's widths; random: one per seed."""
-    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule)
+    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
     seeds = range(spec.seeds) if spec.method == "random" else [0]
     return [beyond.prune_to_widths(loaded.state_dict, groups, widths, spec.method, seed) for seed in seeds]
 
@@ -373,10 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def list_groups(spec: RunSpec) -> str:
     """The channel groups of the run's model and its frozen spaces (``--list_groups``)."""
     loaded = load_model(spec)
-    graph = loaded.arch.trace(loaded.state_dict)
-    groups = build_groups(loaded.state_dict, loaded.arch.spaces(loaded.state_dict, spec.stages, graph,
-                                                                loaded.merge_rule))
-    text = describe_groups(graph, groups, loaded.merge_rule)
+    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
+    text = describe_groups(loaded.graph, groups, loaded.merge_rule)
     return text + (f"\nmerge rule {loaded.rule_reason}" if loaded.rule_reason else "")
 
 

@@ -117,29 +117,39 @@ class TracedGraph:
     layers: dict[str, tuple[Any, Any, str]]  # prefix -> (in space, out space, kind); a space may be segments
     batch_norms: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # prefix -> (producer, eps)
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    _reasons: dict = field(default_factory=dict, init=False, repr=False)  # rule -> {root: reason}, made once
 
     def root(self, space: int) -> int:
-        while self.parent[space] != space:
-            self.parent[space] = self.parent[self.parent[space]]
-            space = self.parent[space]
-        return space
+        return _root(self.parent, space)
 
     def frozen_reason(self, space: int, rule: str = "official") -> str | None:
         """Why the united space of ``space`` is frozen under merge ``rule`` (None: it may be merged). Under the
         official rule, a space that passes through an activation that is not positively homogeneous is frozen:
         summing the producing rows of two duplicates changes what its consumers see."""
-        root = self.root(space)
-        united = [s for s in self.spaces if self.root(s.id) == root]
-        reasons = [s.frozen for s in united if s.frozen]
-        if not reasons and rule == "official":
-            reasons = [f"passes through {s.activation}: the official merge rule keeps a model's function only "
-                       "through ReLU-like activations (use --merge_rule mean)" for s in united if s.activation]
-            reasons += [f"passes through the depthwise conv {s.depthwise}, whose kernels the official rule would "
-                        "sum (use --merge_rule mean)" for s in united if s.depthwise]
-            reasons += [f"is multiplied with another activation ({s.product}, a gate): the official rule would sum "
-                        "both factors (use --merge_rule mean)" for s in united if s.product]
-        return reasons[0] if reasons else None
+        if rule not in self._reasons:
+            frozen: dict[int, str] = {}
+            official: list[dict[int, str]] = [{}, {}, {}]  # reasons only the official rule has, in priority order
+            for s in self.spaces:
+                root = self.root(s.id)
+                if s.frozen:
+                    frozen.setdefault(root, s.frozen)
+                if s.activation:
+                    official[0].setdefault(root, f"passes through {s.activation}: the official merge rule keeps a "
+                                                 "model's function only through ReLU-like activations (use "
+                                                 "--merge_rule mean)")
+                if s.depthwise:
+                    official[1].setdefault(root, f"passes through the depthwise conv {s.depthwise}, whose kernels the "
+                                                 "official rule would sum (use --merge_rule mean)")
+                if s.product:
+                    official[2].setdefault(root, f"is multiplied with another activation ({s.product}, a gate): the "
+                                                 "official rule would sum both factors (use --merge_rule mean)")
+            reasons = dict(frozen)
+            if rule == "official":
+                for by_root in official:
+                    for root, reason in by_root.items():
+                        reasons.setdefault(root, reason)
+            self._reasons[rule] = reasons
+        return self._reasons[rule].get(self.root(space))
 
     @property
     def activations(self) -> list[str]:
@@ -185,9 +195,7 @@ class _Recorder(TorchFunctionMode):
         return sid
 
     def root(self, sid: int) -> int:
-        while self.parent[sid] != sid:
-            sid = self.parent[sid]
-        return sid
+        return _root(self.parent, sid)
 
     def unite(self, a: int, b: int) -> None:
         ra, rb = self.root(a), self.root(b)
@@ -242,12 +250,12 @@ class _Recorder(TorchFunctionMode):
                 t.numel() == 1 for t in flat if t is not acts[0][0]) and isinstance(out, Tensor) \
                 and out.shape == acts[0][0].shape:  # x * 0.5, x + 3: every channel alike
             self.set_labels(out, acts[0][1])
-        elif len(acts) == 1 and not params and self.passes_through(name, acts[0], args, kwargs, out) is not None:
+        elif len(acts) == 1 and not params and (passed := self.passes_through(name, acts[0], args, kwargs, out)):
             if name in NON_HOMOGENEOUS:
                 for sid in np.unique(acts[0][1].space):
                     space = self.spaces[int(sid)]
                     space.activation = space.activation or name.rstrip("_")
-            self.set_labels(out, self.passes_through(name, acts[0], args, kwargs, out))
+            self.set_labels(out, passed)
         elif len(acts) == 1 and not params and name in ("flatten", "view", "reshape") and acts[0][1].dim == 1 \
                 and self.flattens(acts[0][0], out):
             labels = acts[0][1]
@@ -393,6 +401,14 @@ class _Recorder(TorchFunctionMode):
     def flattens(tensor, out) -> bool:
         return isinstance(out, Tensor) and out.dim() == 2 and out.shape[1] == int(np.prod(tensor.shape[1:])) \
             and out.shape[0] == tensor.shape[0]
+
+
+def _root(parent: list[int], space: int) -> int:
+    """The representative of ``space``'s united spaces (union-find with path halving)."""
+    while parent[space] != space:
+        parent[space] = parent[parent[space]]
+        space = parent[space]
+    return space
 
 
 def _arg(args, kwargs, position: int, name: str, default):
