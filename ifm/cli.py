@@ -21,10 +21,14 @@ def cli_main(run: Callable[[], object]) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     show = warnings.showwarning
+    shown: set[str] = set()  # each library warning once per command (the warnings registry forgets when torch
+    # or another library changes the warning filters)
 
     def show_one_line(message, category, *where, **options) -> None:
         if issubclass(category, IFMWarning):
-            print(f"warning: {message}", file=sys.stderr)
+            if str(message) not in shown:
+                shown.add(str(message))
+                print(f"warning: {message}", file=sys.stderr)
         else:
             show(message, category, *where, **options)
     warnings.showwarning = show_one_line

@@ -159,7 +159,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     if skipped:
         lines = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(f"{path}: skipped {len(skipped)} line(s) that are no JSON record (line {lines}; "
-                      f"a write interrupted by a crash?)", IFMWarning)  # (one location: reported once)
+                      f"a write interrupted by a crash?)", IFMWarning)  # (cli_main shows each message once)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
