@@ -221,8 +221,9 @@ def describe_groups(graph: TracedGraph, groups: Sequence[ChannelGroup], rule: st
     for g in groups:
         producers = sorted({m.key.rpartition('.')[0] for m in g.members if m.axis == 0})
         consumers = sorted({m.key.rpartition('.')[0] for m in g.members if m.axis == 1})
+        averaged = f"; averaged by every rule: {', '.join(sorted(g.averaged))}" if g.averaged else ""
         lines.append(f"  {g.name}  width {g.width}: rows of {', '.join(producers)}; "
-                     f"columns of {', '.join(consumers) or '-'}")
+                     f"columns of {', '.join(consumers) or '-'}{averaged}")
     frozen = [(s.producer, s.width, graph.frozen_reason(s.id, rule)) for s in graph.spaces
               if s.producer and graph.frozen_reason(s.id, rule)]
     lines.append(f"{len(frozen)} frozen spaces (never merged):")

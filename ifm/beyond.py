@@ -94,15 +94,15 @@ def without_bn_statistics(groups: Sequence[ChannelGroup], batch_norms: BatchNorm
     for g in groups:
         keys = [base_key(m.key) for m in g.members]
         bn_layers = {k.rsplit(".", 1)[0] for k in keys if k.endswith(".running_mean")}
-        keep, scales = [], set(g.scales)
+        keep, averaged = [], set(g.averaged)
         for m, k in zip(g.members, keys):
             layer, param = k.rsplit(".", 1)
             if layer in bn_layers and param in BN_STATS:
                 if not (layer in scaled and param == "weight"):
                     continue
-                scales.add(m.key)
+                averaged.add(m.key)
             keep.append(m)
-        out.append(ChannelGroup(g.name, g.width, keep, frozenset(scales)))
+        out.append(ChannelGroup(g.name, g.width, keep, frozenset(averaged)))
     return out
 
 
@@ -140,7 +140,7 @@ def channel_scores(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Ten
     """L1 norm of every channel's producing weights (all axis-0 weights of the group)."""
     score = torch.zeros(group.width, dtype=torch.float64)
     views = split_segments(state_dict, [group])
-    for key, axis in group.members:
+    for key, axis, _ in group.members:
         w = views[key]
         if axis == 0 and w.ndim >= 2:
             score += w.reshape(group.width, -1).abs().sum(dim=1).double()

@@ -98,7 +98,7 @@ class GroupGram:
         self.tie, self.relative_tie = tie, relative_tie
         # Pending products U diag(sign) U^T, stored as rows of U^T in three regions (``layout``)
         self.basis = np.zeros((2 * self.capacity, n), parts.dtype)
-        self.rows_used = self.cols_used = 0
+        self.rows_used = self.plus_used = self.minus_used = 0
         # diag(G) (pending products included); and since the last full pass, D_ij fell by <= 2 (moved_i + moved_j)
         self.stats = PositionStats(parts[0].diagonal() + parts[1].diagonal(), np.zeros(n, parts.dtype))
         self.n_pairs = 0  # the first n_pairs of the candidates are live
@@ -117,33 +117,50 @@ class GroupGram:
 
     @property
     def layout(self) -> PendingLayout:
-        return PendingLayout(self.rows_used, self.cols_used, self.capacity, self.col_half)
+        return PendingLayout(self.rows_used, self.plus_used, self.minus_used, self.capacity, self.col_half)
 
     # --------------------------------------------------------------------------- products
-    def merge_linked(self, slices: np.ndarray, a: int, b: int, wa: float, wb: float, mean: bool,
+    def merge_linked(self, slices: np.ndarray, a: int, b: int, wa: float, wb: float, mean: bool, into_summed: bool,
                      slot_pos: np.ndarray) -> None:
         """A neighbour merges its channels ``a`` and ``b`` (weights ``wa``, ``wb``) in a tensor whose
         slices (one row per slot of this group) are ``slices[a]`` and ``slices[b]``: summed (``mean``
-        false: the product goes to the columns part) or count-weighted (``mean`` true: the rows
-        part), in place at the live slots (``slot_pos``: each slot's position, -1 if dead)."""
+        false) or count-weighted (``mean`` true), in place at the live slots (``slot_pos``: each slot's
+        position, -1 if dead). The tensor's products lie in the part this group's own merges sum
+        (``into_summed``: a neighbour can only average there) or in the count-weighted one."""
         w, k = self.width, slices.shape[2]
         merge = MergeWeights(a, b, wa, wb)
-        if (2 * k > self.capacity) if mean else (k > self.col_half):  # too wide to wait: add it now
+        if into_summed and not mean:
+            raise ValueError("a neighbour's summed channels cannot change the part this group's merges sum")
+        # The product waits in region 0 (the summed part, 2k rows of sign -1), regions 1 and 2 (the weighted part,
+        # k rows of sign +1 and k of sign -1) or region 2 alone (the weighted part averaged: 2k rows of sign -1).
+        if mean and into_summed:
+            need, room, limit = 2 * k, self.capacity - self.rows_used, self.capacity
+        elif mean:
+            need, room, limit = 2 * k, self.col_half - self.minus_used, self.col_half
+        else:
+            need, room, limit = k, self.col_half - max(self.plus_used, self.minus_used), self.col_half
+        if need > limit:  # too wide to wait: add it now
             u = np.empty((2 * k, w), self.parts.dtype)
             self._merge_linked(u, 0, k, slices, merge, mean, slot_pos)
-            part = self.parts[self.summed_part if mean else 1 - self.summed_part, :w, :w]
+            part = self.parts[self.summed_part if into_summed else 1 - self.summed_part, :w, :w]
             syrk_upper(part, u[:k], -1.0 if mean else 1.0)
             syrk_upper(part, u[k:], -1.0)
             return
-        if (self.rows_used + 2 * k > self.capacity) if mean else (self.cols_used + k > self.col_half):
+        if need > room:
             self.flush()
-        if mean:
+        if mean and into_summed:
             self._merge_linked(self.basis, self.rows_used, self.rows_used + k, slices, merge, mean, slot_pos)
             self.rows_used += 2 * k
+        elif mean:
+            first = self.capacity + self.col_half + self.minus_used
+            self._merge_linked(self.basis, first, first + k, slices, merge, mean, slot_pos)
+            self.minus_used += 2 * k
         else:
-            first = self.capacity + self.cols_used
-            self._merge_linked(self.basis, first, first + self.col_half, slices, merge, mean, slot_pos)
-            self.cols_used += k
+            first = self.capacity + self.plus_used
+            self._merge_linked(self.basis, first, self.capacity + self.col_half + self.minus_used, slices, merge, mean,
+                               slot_pos)
+            self.plus_used += k
+            self.minus_used += k
 
     def _merge_linked(self, dest, first_row, second_row, slices, merge: MergeWeights, mean, slot_pos) -> None:
         largest = kernels.merge_linked(slices, merge, mean, slot_pos, self.width, dest, first_row, second_row,
@@ -158,7 +175,7 @@ class GroupGram:
             if hi > lo:
                 part = self.summed_part if in_summed else 1 - self.summed_part
                 syrk_upper(self.parts[part, :w, :w], self.basis[lo:hi, :w], sign)
-        self.rows_used = self.cols_used = 0
+        self.rows_used = self.plus_used = self.minus_used = 0
 
     # --------------------------------------------------------------------------- distances
     def _upper_distances(self) -> tuple[np.ndarray, tuple[int, int, float]]:

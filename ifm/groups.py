@@ -22,10 +22,13 @@ Tensor = torch.Tensor
 
 
 class Member(NamedTuple):
-    """One tensor indexed by a group: its state-dict key and the axis that holds the channel."""
+    """One tensor indexed by a group: its state-dict key, the axis that holds the channel, and ``block``: how many
+    consecutive entries of that axis each channel holds (its positions, for a linear reading a flattened conv
+    output; else 1)."""
 
     key: str
     axis: int
+    block: int = 1
 
 
 class Segment(NamedTuple):
@@ -39,10 +42,14 @@ class Segment(NamedTuple):
 
 class LayerSpaces(NamedTuple):
     """Channel spaces of one layer: ``in_space`` (axis 1) and ``out_space`` (axis 0); either may be a tuple of
-    :class:`Segment` covering the axis (a concatenation)."""
+    :class:`Segment` covering the axis (a concatenation). ``averaged``: the layer's parameters (``weight``,
+    ``bias``...) that scale each output channel, count-averaged by every merge rule (a depthwise kernel, the
+    producer of a gate). ``in_block``: entries of axis 1 per input channel."""
 
     in_space: str | tuple[Segment, ...] | None
     out_space: str | tuple[Segment, ...] | None
+    averaged: tuple[str, ...] = ()
+    in_block: int | None = None  # entries of axis 1 per input channel (a traced graph knows it; None: from the shapes)
 
 
 #: A member that indexes a segment of a tensor's axis is a *virtual* tensor ``key@axis:start:stop`` (the slice of the
@@ -116,8 +123,9 @@ class ChannelGroup:
     name: str
     width: int
     members: list[Member] = field(default_factory=list)
-    #: 1-D members that scale each channel (a BN turned affine): count-averaged by every merge rule
-    scales: frozenset[str] = frozenset()
+    #: members that scale each channel (a BN turned affine, a depthwise kernel, a gate's producer): count-averaged
+    #: by every merge rule, where the rule would sum the other members on their axis
+    averaged: frozenset[str] = frozenset()
 
     @property
     def layer(self) -> str:
@@ -146,19 +154,23 @@ def build_groups(state_dict: Mapping[str, Tensor], spaces: Mapping[str, LayerSpa
         The groups, each with its width and members.
     """
     groups: dict[str, ChannelGroup] = {}
+    averaged: dict[str, set[str]] = {}
 
-    def add(key: str, tensor: Tensor, axis: int, space: str | None) -> None:
+    def add(key: str, tensor: Tensor, axis: int, space: str | None, average: bool = False,
+            block: int | None = None) -> None:
         if space is None:
             return
-        width = _channels_on_axis(tensor, axis, groups.get(space))
+        width, block = _channels_on_axis(tensor, axis, groups.get(space), block)
         group = groups.setdefault(space, ChannelGroup(space, width))
-        if width != group.width:
-            raise ValueError(f"{key} has {width} channels on axis {axis}, but group {space!r} "
-                             f"has {group.width}: the checkpoint does not fit this architecture")
-        group.members.append(Member(key, axis))
+        if width != group.width or (axis == 1 and tensor.shape[1] != width * block):
+            raise ValueError(f"{key} has {tensor.shape[axis]} entries on axis {axis}, but group {space!r} has "
+                             f"{group.width} channels (x{block}): the checkpoint does not fit this architecture")
+        group.members.append(Member(key, axis, block))
+        if average:
+            averaged.setdefault(space, set()).add(key)
 
     for key, tensor in state_dict.items():
-        prefix, _ = _layer_of(key)
+        prefix, param = _layer_of(key)
         if prefix not in spaces or tensor.ndim == 0:
             continue
         layer = spaces[prefix]
@@ -174,8 +186,10 @@ def build_groups(state_dict: Mapping[str, Tensor], spaces: Mapping[str, LayerSpa
                 add(segment_key(key, 0, seg.start, seg.stop), tensor.narrow(0, seg.start, seg.stop - seg.start), 0,
                     seg.space)
         else:
-            add(key, tensor, 0, layer.out_space)
-            add(key, tensor, 1, in_space)
+            add(key, tensor, 0, layer.out_space, param in layer.averaged)
+            add(key, tensor, 1, in_space, block=layer.in_block)
+    for name, keys in averaged.items():
+        groups[name].averaged = frozenset(keys)
     for group in groups.values():
         keys_by_axis = {(m.key, m.axis) for m in group.members}
         both = {k for k, a in keys_by_axis if (k, 1 - a) in keys_by_axis}
@@ -184,13 +198,15 @@ def build_groups(state_dict: Mapping[str, Tensor], spaces: Mapping[str, LayerSpa
     return list(groups.values())
 
 
-def _channels_on_axis(tensor: Tensor, axis: int, group: ChannelGroup | None) -> int:
+def _channels_on_axis(tensor: Tensor, axis: int, group: ChannelGroup | None, block: int | None) -> tuple[int, int]:
+    """Channels on ``axis`` and entries per channel. A flattened input (conv channels -> linear) holds a block of
+    positions per channel: given by a traced graph, else taken from the group's width (hand-written maps)."""
     if axis == 0:
-        return int(tensor.shape[0])
-    # A flattened input (conv channels -> linear) holds a block of positions per channel.
-    if group is not None and tensor.ndim == 2 and tensor.shape[1] % group.width == 0:
-        return group.width
-    return int(tensor.shape[1])
+        return int(tensor.shape[0]), 1
+    if block is None:
+        wide = group is not None and tensor.ndim == 2 and tensor.shape[1] % group.width == 0
+        block = tensor.shape[1] // group.width if wide else 1
+    return int(tensor.shape[1]) // block, block
 
 
 def _layers_in_order(state_dict: Mapping[str, Tensor]) -> list[tuple[str, str]]:

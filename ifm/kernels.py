@@ -43,10 +43,11 @@ class PositionStats(NamedTuple):
 class PendingLayout(NamedTuple):
     """Where the pending products sit in ``basis``: the summed part's (all sign -1: neighbours average their
     channels in it) in ``[0, rows_used)``; the count-weighted part's sign +1 columns in ``[capacity, capacity +
-    cols_used)`` and its sign -1 columns in ``[capacity + col_half, capacity + col_half + cols_used)``. Under the
+    plus_used)`` and its sign -1 columns in ``[capacity + col_half, capacity + col_half + minus_used)``. Under the
     official rule the summed part is the rows part (``rows_used``), the weighted one the columns part."""
     rows_used: int
-    cols_used: int
+    plus_used: int
+    minus_used: int
     capacity: int
     col_half: int
 
@@ -74,8 +75,10 @@ def region(which, layout):
     count-weighted part holds them."""
     if which == 0:
         return 0, layout.rows_used, -1.0, True
-    start = layout.capacity if which == 1 else layout.capacity + layout.col_half
-    return start, start + layout.cols_used, 1.0 if which == 1 else -1.0, False
+    if which == 1:
+        return layout.capacity, layout.capacity + layout.plus_used, 1.0, False
+    start = layout.capacity + layout.col_half
+    return start, start + layout.minus_used, -1.0, False
 
 
 @_jit

@@ -29,7 +29,7 @@ from .blas import syrk_upper
 from .device import default_device
 from .errors import IFMError
 from .gram import GroupGram, gram_matrix
-from .groups import ChannelGroup, join_segments, parse_segment_key, split_segments
+from .groups import ChannelGroup, Member, join_segments, parse_segment_key, split_segments
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
@@ -109,14 +109,17 @@ class _GroupState:
         self.n_merges = 0
         self.dirty = True  # changed since it last declined
         # In-place views of the merged arrays that no neighbour shares (``linked`` ones are merged
-        # with the neighbour's Gram update): rows to sum, columns to average; 1-D rows stacked.
+        # with the neighbour's Gram update): rows and columns merged by the rule, and rows every rule averages
+        # (``group.averaged``); 1-D rows stacked.
         axis0 = [m.key for m in group.members if m.axis == 0]
-        self.row_views = [_rows(arrays[k], n) for k in axis0 if arrays[k].ndim >= 2 and (k, 0) not in linked]
+        unlinked = [k for k in axis0 if arrays[k].ndim >= 2 and (k, 0) not in linked]
+        self.row_views = [_rows(arrays[k], n) for k in unlinked if k not in group.averaged]
+        self.averaged_row_views = [_rows(arrays[k], n) for k in unlinked if k in group.averaged]
         self.col_views = [_cols(arrays[m.key], n) for m in group.members if m.axis == 1 and (m.key, 1) not in linked]
-        self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1 and k not in group.scales]
+        self.vector_keys = [k for k in axis0 if arrays[k].ndim == 1 and k not in group.averaged]
         self.vectors = np.stack([arrays[k] for k in self.vector_keys], 1) if self.vector_keys else None
-        self.scale_keys = [k for k in axis0 if arrays[k].ndim == 1 and k in group.scales]  # averaged by any rule
-        self.scales = np.stack([arrays[k] for k in self.scale_keys], 1) if self.scale_keys else None
+        self.averaged_keys = [k for k in axis0 if arrays[k].ndim == 1 and k in group.averaged]
+        self.averaged = np.stack([arrays[k] for k in self.averaged_keys], 1) if self.averaged_keys else None
 
     @property
     def width(self) -> int:
@@ -167,12 +170,16 @@ class _GroupState:
 class _Link:
     """A ≥2-D tensor indexed by two groups, seen from the group that merges on ``axis``.
 
-    ``slices[c]`` is own channel ``c``'s slice, one row per channel of group ``other``.
+    ``slices[c]`` is own channel ``c``'s slice, one row per channel of group ``other``. ``averaged``: the slices
+    are count-averaged whatever the rule (a gate's producer); ``into_summed``: the tensor's Gram matrix lies in
+    the part of the other group's Gram matrix that its own merges sum.
     """
 
     axis: int
     other: int
     slices: np.ndarray
+    averaged: bool = False
+    into_summed: bool = False
 
 
 def _link_slices(w: np.ndarray, axis: int, n_own: int, n_other: int) -> np.ndarray:
@@ -208,6 +215,7 @@ class IterativeMerger:
             raise IFMError(f"{bad} holds non-finite values (inf or NaN): IFM needs finite weights; "
                            "check the checkpoint (a diverged training?)")
         self.ran = False
+        self.summed_part = 1 if self.rows_averaged else 0  # the Gram part an own merge sums
         owners = {(m.key, m.axis): index for index, g in enumerate(self.groups) for m in g.members}
         self.links: list[list[_Link]] = [[] for _ in self.groups]
         linked: list[set[tuple[str, int]]] = [set() for _ in self.groups]  # members merged by a link
@@ -219,16 +227,21 @@ class IterativeMerger:
                 if other == index:
                     raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
                 slices = _link_slices(arrays[m.key], m.axis, g.width, self.groups[other].width)
-                self.links[index].append(_Link(m.axis, other, slices))
+                into_summed = self._part(self.groups[other], Member(m.key, 1 - m.axis)) == self.summed_part
+                self.links[index].append(_Link(m.axis, other, slices, m.key in g.averaged, into_summed))
                 linked[index].add((m.key, m.axis))
         start = time.perf_counter()
         tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
-        summed_part = 1 if self.rows_averaged else 0  # the Gram part an own merge sums
-        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative, summed_part),
+        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative, self.summed_part),
                                    linked[index]) for index, g in enumerate(self.groups)]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
+    def _part(self, group: ChannelGroup, member: Member) -> int:
+        """The Gram part that holds ``member``'s products: its axis (0: rows, 1: columns), or for a member every
+        rule averages, the part own merges average."""
+        return 1 - self.summed_part if member.key in group.averaged else member.axis
+
     def _gram_parts(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """The group's Gram matrix (rows part, columns part) as a CPU array, computed on ``device``.
 
@@ -244,10 +257,11 @@ class IterativeMerger:
         for m in group.distance_members(arrays):
             rows = _rows(arrays[m.key], n) if m.axis == 0 else _cols(arrays[m.key], n).transpose(1, 0, 2)
             rows = np.ascontiguousarray(rows.reshape(n, -1))  # one row per channel
+            part = self._part(group, m)
             if on_cpu:
-                syrk_upper(parts[m.axis], rows, 1.0, rows=True)
+                syrk_upper(parts[part], rows, 1.0, rows=True)
             else:
-                parts_t[m.axis] += gram_matrix(torch.from_numpy(rows).to(self.device))
+                parts_t[part] += gram_matrix(torch.from_numpy(rows).to(self.device))
         return parts if on_cpu else parts_t.cpu().numpy()
 
     def distances(self, index: int) -> Tensor:
@@ -265,7 +279,8 @@ class IterativeMerger:
     # ----------------------------------------------------------------------------- merging
     def merge(self, index: int, a: int, b: int) -> None:
         """Merge slots ``a`` and ``b`` of group ``index``: official rule, rows (and 1-D parameters) summed and
-        columns count-weighted; mean rule, rows (and 1-D parameters) count-weighted and columns summed."""
+        columns count-weighted; mean rule, rows (and 1-D parameters) count-weighted and columns summed; the
+        group's ``averaged`` members count-weighted by both."""
         state = self.states[index]
         if a > b:
             a, b = b, a
@@ -278,8 +293,10 @@ class IterativeMerger:
             _combine(state.vectors[a], state.vectors[b], wb, self.rows_averaged)
         for cols in state.col_views:
             _combine(cols[:, a], cols[:, b], wb, not self.rows_averaged)
-        if state.scales is not None:
-            _combine(state.scales[a], state.scales[b], wb, True)
+        for rows in state.averaged_row_views:
+            _combine(rows[a], rows[b], wb, True)
+        if state.averaged is not None:
+            _combine(state.averaged[a], state.averaged[b], wb, True)
         state.merge_slots(a, b, wa, wb)
 
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
@@ -289,8 +306,8 @@ class IterativeMerger:
         (axis 1) by ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B`` (see
         :func:`ifm.kernels.merge_linked`)."""
         other = self.states[link.other]
-        averaged = (link.axis == 0) if self.rows_averaged else (link.axis == 1)
-        other.gram.merge_linked(link.slices, a, b, wa, wb, averaged, other.slot_pos)
+        averaged = link.averaged or ((link.axis == 0) if self.rows_averaged else (link.axis == 1))
+        other.gram.merge_linked(link.slices, a, b, wa, wb, averaged, link.into_summed, other.slot_pos)
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver
@@ -355,19 +372,19 @@ class IterativeMerger:
         current = dict(self.arrays)
         for state in self.states:  # 1-D rows were merged in their stacked copies
             current.update({key: state.vectors[:, c] for c, key in enumerate(state.vector_keys)})
-            current.update({key: state.scales[:, c] for c, key in enumerate(state.scale_keys)})
-        keep = {}  # (key, axis) -> (group width, kept slots in official order)
+            current.update({key: state.averaged[:, c] for c, key in enumerate(state.averaged_keys)})
+        keep = {}  # (key, axis) -> (group width, kept slots in official order, entries per channel)
         for state in self.states:
             slots = np.array(state.official_slots(), np.int64)
-            keep.update({(m.key, m.axis): (state.original_width, slots) for m in state.group.members})
+            keep.update({(m.key, m.axis): (state.original_width, slots, m.block) for m in state.group.members})
         out = {}
         for key, source in self.source.items():
             if key not in current:
                 out[key] = source.clone()
                 continue
             w = current[key]
-            n_rows, rows = keep.get((key, 0), (w.shape[0], None))
-            n_cols, cols = keep.get((key, 1), (1, None))
+            n_rows, rows, _ = keep.get((key, 0), (w.shape[0], None, 1))
+            n_cols, cols, block = keep.get((key, 1), (1, None, 1))
             rows = np.arange(n_rows) if rows is None else rows
             cols = np.arange(n_cols) if cols is None else cols
             grid = w.reshape(n_rows, n_cols, -1)
@@ -376,7 +393,7 @@ class IterativeMerger:
             gathered = np.empty((len(rows), len(cols), grid.shape[2]), dtype)
             kernels.gather_channels(grid, rows, cols, gathered)
             shape = (len(rows), *source.shape[1:]) if (key, 1) not in keep else \
-                (len(rows), source.shape[1] // n_cols * len(cols), *source.shape[2:])
+                (len(rows), block * len(cols), *source.shape[2:])
             out[key] = torch.from_numpy(gathered.reshape(shape)).to(source.device, source.dtype)
         return join_segments(out, self.original) if self.segmented else out
 

@@ -25,13 +25,13 @@ def select_channels(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGr
         keep = indices.get(group.name)
         if keep is None:
             continue
-        for key, axis in group.members:
-            w = out[key]
-            if axis == 0:
-                out[key] = w.reshape(group.width, -1)[keep].reshape(len(keep), *w.shape[1:])
+        for member in group.members:
+            w = out[member.key]
+            if member.axis == 0:
+                out[member.key] = w.reshape(group.width, -1)[keep].reshape(len(keep), *w.shape[1:])
             else:
-                out[key] = w.reshape(w.shape[0], group.width, -1)[:, keep].reshape(
-                    w.shape[0], w.shape[1] // group.width * len(keep), *w.shape[2:])
+                out[member.key] = w.reshape(w.shape[0], group.width, -1)[:, keep].reshape(
+                    w.shape[0], member.block * len(keep), *w.shape[2:])
     return join_segments(out, state_dict)
 
 

@@ -7,6 +7,7 @@ loaded strictly. No per-architecture model classes are needed.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Mapping
 
 import torch
@@ -74,4 +75,6 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
                  f"shape mismatch {wrong[:3]}" if wrong else ""]
         raise IFMError(f"checkpoint keys do not fit {what}: " + "; ".join(p for p in parts if p)
                        + " (check the architecture argument)")
-    model.load_state_dict(dict(state_dict))
+    ordered = OrderedDict(state_dict)  # with the modules' version metadata (MNASNet's loading needs it)
+    ordered._metadata = getattr(state_dict, "_metadata", own._metadata)  # type: ignore[attr-defined]
+    model.load_state_dict(ordered)

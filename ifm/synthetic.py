@@ -14,7 +14,7 @@ def copy_channel(state_dict: dict, group: ChannelGroup, src: int, dst: int, nois
     between the two channels (the network then computes the same function as before).
     """
     views = split_segments(state_dict, [group])  # (segments of a concatenation are views: changed in place)
-    for key, axis in group.members:
+    for key, axis, _ in group.members:
         w = views[key]
         view = w.view(group.width, -1) if axis == 0 else w.view(w.shape[0], group.width, -1)
         src_slice = view[src] if axis == 0 else view[:, src]

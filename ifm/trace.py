@@ -11,10 +11,12 @@ rule table:
   pooling, dropout, padding, resizing, reductions over spatial dims, ``flatten`` (labels repeated per
   position);
 * ``add``/``sub`` of two activations (residual streams) unite the spaces of their operands, and so does an
-  elementwise product (a squeeze-and-excitation gate: the gate's producer joins the gated group), merged by
-  the mean rule only;
-* a depthwise conv passes its input's space through; its kernels join that space as per-channel members
-  (merged under the mean rule, which averages them; frozen under the official rule, which would sum them);
+  elementwise product. When one factor is broadcast over the other's positions (a squeeze-and-excitation
+  gate), it is the *gate*: its producer joins the gated group with its parameters averaged by every merge
+  rule (the gate of a merged channel is then the duplicates' gate, whatever its activation); a product of
+  two full activations is merged by the mean rule only;
+* a depthwise conv passes its input's space through; its kernels join that space as per-channel members,
+  averaged by every merge rule (its bias follows the producer's rows);
 * ``cat`` along dim 1 puts spaces side by side: a conv, linear or BN reading it has one segment per space
   (a *virtual* tensor per segment, :func:`ifm.groups.split_segments`);
 * everything else that takes an activation — grouped convs, channel-indexed parameters used outside a conv/linear/BN (layer scales),
@@ -61,8 +63,9 @@ tanh tanh_ softplus
 REDUCTIONS = frozenset("mean sum amax amin max min".split())
 #: elementwise ops whose two activation operands must hold the same channels (their spaces unite)
 UNITING = frozenset("add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__".split())
-#: elementwise products of two activations (gates, e.g. squeeze-and-excitation): their channel-aligned spaces unite,
-#: the gate's producing rows joining the gated group; only the mean rule keeps their function when merging
+#: elementwise products of two activations: their channel-aligned spaces unite. A factor broadcast over the other's
+#: positions is a gate (squeeze-and-excitation): its producer joins the gated group, averaged by every rule; a
+#: product of two full activations keeps its function only under the mean rule
 PRODUCTS = frozenset("mul mul_ __mul__ __imul__ __rmul__".split())
 #: concatenations: along dim 1 they put spaces side by side (their consumers read segments)
 CONCATENATIONS = frozenset("cat concat concatenate".split())
@@ -81,7 +84,8 @@ class Space:
     frozen: str | None = None  # why its channels may not be merged
     activation: str | None = None  # a channel-wise activation it passes through that is not positively homogeneous
     depthwise: str | None = None  # a depthwise conv it passes through (its kernels are per-channel members)
-    product: str | None = None  # an elementwise product with another activation (a gate) it takes part in
+    product: str | None = None  # an elementwise product of two full activations it takes part in
+    gate: str | None = None  # the product it gates (broadcast over the other factor): its producers are averaged
 
 
 @dataclass
@@ -116,6 +120,7 @@ class TracedGraph:
     parent: list[int]
     layers: dict[str, tuple[Any, Any, str]]  # prefix -> (in space, out space, kind); a space may be segments
     batch_norms: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # prefix -> (producer, eps)
+    in_blocks: dict[str, int] = field(default_factory=dict)  # conv/linear prefix -> entries per input channel
     seconds: float = 0.0
     _reasons: dict = field(default_factory=dict, init=False, repr=False)  # rule -> {root: reason}, made once
 
@@ -128,20 +133,17 @@ class TracedGraph:
         summing the producing rows of two duplicates changes what its consumers see."""
         if rule not in self._reasons:
             frozen: dict[int, str] = {}
-            official: list[dict[int, str]] = [{}, {}, {}]  # reasons only the official rule has, in priority order
+            official: list[dict[int, str]] = [{}, {}]  # reasons only the official rule has, in priority order
             for s in self.spaces:
                 root = self.root(s.id)
                 if s.frozen:
                     frozen.setdefault(root, s.frozen)
-                if s.activation:
+                if s.activation and not s.gate:  # (a gate's producer is averaged: any activation keeps its value)
                     official[0].setdefault(root, f"passes through {s.activation}: the official merge rule keeps a "
                                                  "model's function only through ReLU-like activations (use "
                                                  "--merge_rule mean)")
-                if s.depthwise:
-                    official[1].setdefault(root, f"passes through the depthwise conv {s.depthwise}, whose kernels the "
-                                                 "official rule would sum (use --merge_rule mean)")
                 if s.product:
-                    official[2].setdefault(root, f"is multiplied with another activation ({s.product}, a gate): the "
+                    official[1].setdefault(root, f"is multiplied with another full activation ({s.product}): the "
                                                  "official rule would sum both factors (use --merge_rule mean)")
             reasons = dict(frozen)
             if rule == "official":
@@ -154,14 +156,21 @@ class TracedGraph:
     @property
     def activations(self) -> list[str]:
         """What only the mean rule can merge without changing the function, among spaces it could merge: activations
-        that are not positively homogeneous, depthwise convs, gates."""
+        that are not positively homogeneous (outside gates), products of two full activations."""
         found = set()
         for s in self.spaces:
             if not self.frozen_reason(s.id, "mean"):
-                found |= {s.activation} if s.activation else set()
-                found |= {"depthwise convs"} if s.depthwise else set()
-                found |= {"gates (products of activations)"} if s.product else set()
+                found |= {s.activation} if s.activation and not s.gate else set()
+                found |= {"products of activations"} if s.product else set()
         return sorted(found)
+
+    def averaged_params(self, prefix: str) -> tuple[str, ...]:
+        """The parameters of layer ``prefix`` that every merge rule count-averages: all of a gate's producer (and
+        of a BN on the gate's path), a depthwise conv's kernel."""
+        _, out, kind = self.layers[prefix]
+        if isinstance(out, int) and self.spaces[out].gate:
+            return ("weight", "bias", "running_mean", "running_var")
+        return ("weight",) if kind == "depthwise" else ()
 
     def space_map(self, rule: str = "official") -> dict[str, tuple[Any, Any]]:
         """``prefix -> (in root, out root)`` with spaces frozen under ``rule`` as None; a layer reading a
@@ -186,6 +195,7 @@ class _Recorder(TorchFunctionMode):
         self.layers: dict[str, tuple[int | None, int | None, str]] = {}
         self.outputs: dict[int, str] = {}  # id of a conv/linear output -> its layer (a BN right after it folds)
         self.batch_norms: dict[str, tuple[str | None, float]] = {}
+        self.in_blocks: dict[str, int] = {}
 
     # ------------------------------------------------------------------ spaces
     def new_space(self, producer: str | None, width: int, frozen: str | None = None) -> int:
@@ -297,6 +307,8 @@ class _Recorder(TorchFunctionMode):
         else:
             plain = labels.plain()
             in_space = self.segments(labels, prefix) if plain is None else plain[0]
+            if plain is not None:
+                self.in_blocks[prefix] = plain[1]
         out_labels = self.fresh(prefix, out.shape[channel_dim]).moved(channel_dim)
         self.layers[prefix] = (in_space, int(out_labels.space[0]), "conv" if name.startswith("conv") else "linear")
         self.set_labels(out, out_labels)
@@ -332,9 +344,16 @@ class _Recorder(TorchFunctionMode):
             self.freeze(lb, f"{name} of activations whose channels do not line up")
             self.set_labels(out, self.fresh(None, out.shape[1], f"produced by {name} of misaligned channels"))
             return
-        if name in PRODUCTS:  # a gate: merged only by the mean rule
-            for sid in (pa[0], pb[0]):
-                self.spaces[sid].product = self.spaces[sid].product or name.strip("_")
+        if name in PRODUCTS:
+            gate = pb[0] if _broadcast_over(b, a, lb.dim) else pa[0] if _broadcast_over(a, b, la.dim) else None
+            if gate is not None and self.root(pa[0]) != self.root(pb[0]):
+                root = self.root(gate)  # the gate's whole (united) space: its producers are averaged
+                for space in self.spaces:
+                    if self.root(space.id) == root:
+                        space.gate = space.gate or name.strip("_")
+            else:  # two full activations (or one space times itself): merged by the mean rule only
+                for sid in (pa[0], pb[0]):
+                    self.spaces[sid].product = self.spaces[sid].product or name.strip("_")
         self.unite(pa[0], pb[0])
         self.set_labels(out, la)
 
@@ -403,6 +422,13 @@ class _Recorder(TorchFunctionMode):
             and out.shape[0] == tensor.shape[0]
 
 
+def _broadcast_over(gate: Tensor, other: Tensor, channel_dim: int) -> bool:
+    """``gate`` holds one value per (sample, channel) that an elementwise product spreads over ``other``'s positions
+    (a squeeze-and-excitation gate): its size is 1 on every other dim where ``other``'s is not."""
+    rest = [d for d in range(gate.dim()) if d not in (0, channel_dim)]
+    return all(gate.shape[d] == 1 for d in rest) and any(other.shape[d] > 1 for d in rest)
+
+
 def _root(parent: list[int], space: int) -> int:
     """The representative of ``space``'s united spaces (union-find with path halving)."""
     while parent[space] != space:
@@ -462,7 +488,7 @@ def trace_spaces(model: nn.Module, input_size: Sequence[int] = (3, 224, 224),
             space = recorder.spaces[out_space]
             space.frozen = space.frozen or (f"{prefix} reads and writes these same channels (a residual around "
                                             "one layer): one group cannot index both axes of a weight")
-    return TracedGraph(recorder.spaces, recorder.parent, recorder.layers, recorder.batch_norms,
+    return TracedGraph(recorder.spaces, recorder.parent, recorder.layers, recorder.batch_norms, recorder.in_blocks,
                        time.perf_counter() - start)
 
 
@@ -482,4 +508,5 @@ def traced_layer_spaces(graph: TracedGraph, name: Callable[[list[str]], str] | N
         if isinstance(root, tuple):
             return tuple(Segment(label(sid), start, stop) for sid, start, stop in root)
         return None if root is None else names.get(root)
-    return {prefix: LayerSpaces(label(i), label(o)) for prefix, (i, o) in space_map.items()}
+    return {prefix: LayerSpaces(label(i), label(o), graph.averaged_params(prefix), graph.in_blocks.get(prefix))
+            for prefix, (i, o) in space_map.items()}

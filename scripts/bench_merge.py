@@ -68,7 +68,7 @@ def floor32_seconds(sd: dict, groups) -> float:
     start = time.perf_counter()
     for g in groups:
         parts = [params[key].reshape(g.width, -1) if axis == 0 else params[key].transpose(0, 1).reshape(g.width, -1)
-                 for key, axis in g.members if params[key].ndim >= 2]
+                 for key, axis, _ in g.members if params[key].ndim >= 2]
         m = torch.cat(parts, 1)
         gram = m @ m.T
         diag = gram.diagonal()

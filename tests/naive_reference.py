@@ -13,7 +13,7 @@ import torch
 
 def naive_distance(params, members, n):
     a = torch.zeros(n, n, dtype=torch.float64)
-    for key, axis in members:
+    for key, axis, *_ in members:
         w = params[key]
         if w.ndim < 2:
             continue
@@ -29,14 +29,15 @@ def naive_distance(params, members, n):
     return d
 
 
-def naive_merge(params, members, counts, i, j, n, rule="official"):
-    """Official rule: rows summed, columns count-weighted; mean rule: rows count-weighted, columns summed."""
+def naive_merge(params, members, counts, i, j, n, rule="official", averaged_keys=()):
+    """Official rule: rows summed, columns count-weighted; mean rule: rows count-weighted, columns summed;
+    ``averaged_keys`` (rows) count-weighted by both."""
     lo, hi = min(i, j), max(i, j)
     order = [k for k in range(n) if k not in (lo, hi)] + [hi, lo]
     c_hi, c_lo = counts[hi], counts[lo]
-    for key, axis in members:
+    for key, axis, *_ in members:
         w = params[key]
-        averaged = (axis == 0) == (rule == "mean")
+        averaged = key in averaged_keys or (axis == 0) == (rule == "mean")
         if axis == 0:
             w = w.reshape(n, -1)[order].clone()
             w[-2] = (w[-2] * c_hi + w[-1] * c_lo) / (c_hi + c_lo) if averaged else w[-2] + w[-1]
@@ -60,13 +61,16 @@ class NaiveDeadline(Exception):
 
 
 def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official", deadline=None, rule="official"):
-    """``groups``: list of (name, width, [(key, axis), ...]). Returns (params, widths, log).
+    """``groups``: list of (name, width, [(key, axis), ...]) or (name, width, members, averaged keys). Returns
+    (params, widths, log).
 
     ``deadline``: a ``time.perf_counter()`` value after which :class:`NaiveDeadline` is raised.
     """
     import time
     visits = [0]
     params = {k: v.detach().clone().double() for k, v in state_dict.items()}
+    averaged = {g[0]: set(g[3]) if len(g) > 3 else set() for g in groups}
+    groups = [g[:3] for g in groups]
     widths = {name: n for name, n, _ in groups}
     counts = {name: [1.0] * n for name, n, _ in groups}
     log = []
@@ -85,7 +89,7 @@ def naive_ifm(state_dict, groups, beta, max_ratio=1.0, order="official", deadlin
             return False
         i, j = ((d == d_min) & off).nonzero()[0].tolist()  # first in row-major order
         log.append((it, name, i, j))
-        counts[name] = naive_merge(params, members, counts[name], i, j, n, rule)
+        counts[name] = naive_merge(params, members, counts[name], i, j, n, rule, averaged[name])
         widths[name] = n - 1
         return True
 

@@ -13,10 +13,10 @@ def test_vgg11_groups_match_official_layout():
     groups = channel_groups("VGG11", sd)
     assert [g.width for g in groups] == [64, 128, 256, 256, 512, 512, 512, 512]
     assert groups[0].name == "perm_features.0"
-    assert groups[0].members == [("features.0.weight", 0), ("features.0.bias", 0), ("features.1.weight", 0),
-                                 ("features.1.bias", 0), ("features.1.running_mean", 0),
-                                 ("features.1.running_var", 0), ("features.4.weight", 1)]
-    assert groups[-1].members[-1] == ("classifier.weight", 1)
+    assert [m[:2] for m in groups[0].members] == [
+        ("features.0.weight", 0), ("features.0.bias", 0), ("features.1.weight", 0), ("features.1.bias", 0),
+        ("features.1.running_mean", 0), ("features.1.running_var", 0), ("features.4.weight", 1)]
+    assert groups[-1].members[-1] == ("classifier.weight", 1, 1)
     assert [len(channel_groups(n, models.create_model(n).state_dict())) for n in ["VGG13", "VGG16", "VGG19"]] \
         == [10, 13, 16]
 
@@ -29,11 +29,11 @@ def test_resnet_groups_official_order_and_sizes():
     assert [g.width for g in groups] == [256, 256, 256, 512, 512, 512]
     res4 = groups[4]
     dim = sum(sd18[k].reshape(512, -1).shape[1] if a == 0 else sd18[k].numel() // 512
-              for k, a in res4.distance_members(sd18))
+              for k, a, _ in res4.distance_members(sd18))
     assert dim == 4608 + 256 + 4608 + 4608 + 10
-    assert ("layer4.0.shortcut.0.weight", 0) in res4.members
-    assert ("layer4.0.shortcut.0.weight", 1) in groups[1].members  # consumer of the stage-3 stream
-    assert not any("layer3.0.conv1.weight" == k and a == 1 for g in groups for k, a in g.members)
+    assert ("layer4.0.shortcut.0.weight", 0, 1) in res4.members
+    assert ("layer4.0.shortcut.0.weight", 1, 1) in groups[1].members  # consumer of the stage-3 stream
+    assert not any("layer3.0.conv1.weight" == k and a == 1 for g in groups for k, a, _ in g.members)
     assert len(channel_groups("ResNet34", models.create_model("ResNet34").state_dict())) == 11
     g50 = channel_groups("ResNet50", models.create_model("ResNet50").state_dict())
     assert len(g50) == 20
@@ -44,19 +44,19 @@ def test_torchvision_key_names_and_flattened_classifier():
     import torchvision
     sd = torchvision.models.resnet18(weights=None).state_dict()
     groups = channel_groups("resnet18", sd)
-    assert ("layer4.0.downsample.0.weight", 0) in groups[4].members and ("fc.weight", 1) in groups[4].members
+    assert ("layer4.0.downsample.0.weight", 0, 1) in groups[4].members and ("fc.weight", 1, 1) in groups[4].members
     vgg = torchvision.models.vgg11(weights=None).state_dict()
     vg = channel_groups("vgg11", vgg)
     assert [g.name for g in vg[-3:]] == ["perm_features.18", "perm_classifier.0", "perm_classifier.3"]
-    assert vg[-3].width == 512 and ("classifier.0.weight", 1) in vg[-3].members  # 49 inputs per channel
-    assert vg[-1].width == 4096 and ("classifier.6.weight", 1) in vg[-1].members
+    assert vg[-3].width == 512 and ("classifier.0.weight", 1, 49) in vg[-3].members  # 49 inputs per channel
+    assert vg[-1].width == 4096 and ("classifier.6.weight", 1, 1) in vg[-1].members
 
 
 def test_stages_option_and_errors():
     sd = models.create_model("ResNet18").state_dict()
     names = [g.name for g in channel_groups("ResNet18", sd, stages=[1, 4])]
     assert names[0] == "layer1.0.relu2" and "layer3.0.relu1" not in names
-    assert ("conv1.weight", 0) in channel_groups("ResNet18", sd, stages=[1])[0].members  # stem feeds stage 1
+    assert ("conv1.weight", 0, 1) in channel_groups("ResNet18", sd, stages=[1])[0].members  # stem feeds stage 1
     with pytest.raises(IFMError):
         channel_groups("VGG11", models.create_model("VGG11").state_dict(), stages=[3])
     with pytest.raises(IFMError):
@@ -107,8 +107,8 @@ def test_chain_spaces_work_for_a_custom_model():
     model = plain_cnn()
     groups = build_groups(model.state_dict(), chain_spaces(model.state_dict()))
     assert [g.width for g in groups] == [6, 8, 5, 7]
-    assert ("6.weight", 1) not in groups[0].members
-    assert ("8.weight", 1) in groups[2].members  # flattened: 4 positions per channel
+    assert all(m.key != "6.weight" for m in groups[0].members)
+    assert ("8.weight", 1, 4) in groups[2].members  # flattened: 4 positions per channel
 
 
 def _vgg_closed_form(name: str) -> tuple[int, int]:
@@ -139,3 +139,16 @@ def test_resnet18_counts_are_pinned():
     from ifm.metrics import count_flops, count_params
     model = models.create_model("ResNet18")
     assert (count_flops(model, (3, 32, 32)), count_params(model)) == (1_110_845_440, 11_173_962)
+
+
+def test_a_flattened_input_holds_the_traced_block_per_channel():
+    """The traced graph knows how many positions per channel a linear after a flatten reads (stored on the member);
+    a checkpoint whose linear reads another multiple of the width does not fit (a hand map would accept it)."""
+    from ifm.trace import trace_spaces, traced_layer_spaces
+    spaces = traced_layer_spaces(trace_spaces(plain_cnn(), (3, 8, 8)))
+    sd = plain_cnn().state_dict()
+    assert ("8.weight", 1, 4) in build_groups(sd, spaces)[2].members
+    sd["8.weight"] = torch.zeros(7, 5 * 8)
+    assert ("8.weight", 1, 8) in build_groups(sd, chain_spaces(sd))[2].members
+    with pytest.raises(ValueError, match="does not fit"):
+        build_groups(sd, spaces)

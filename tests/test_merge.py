@@ -134,7 +134,7 @@ def test_groups_of_width_one_and_two():
 
 def test_all_zero_and_duplicate_channels_merge_cleanly_with_row_major_ties():
     sd, groups = _one_group_net(8)
-    for key, axis in groups[0].members:
+    for key, axis, _ in groups[0].members:
         w = sd[key]
         view = w.view(8, -1) if axis == 0 else w.view(w.shape[0], 8, -1)
         for dead in (2, 6):

@@ -38,8 +38,8 @@ def test_traced_groups_equal_the_hand_descriptions(name):
         if resnet and 1 in stages and name in ("ResNet50", "resnet50"):
             # layer1.0 has a projection: the hand map leaves the stem out of stage 1, the traced one merges it
             stem = traced.pop(0)
-            assert stem.name == "conv1" and stem.members[:2] == [("conv1.weight", 0), ("bn1.weight", 0)]
-            assert ("layer1.0.conv1.weight", 1) in stem.members
+            assert stem.name == "conv1" and stem.members[:2] == [("conv1.weight", 0, 1), ("bn1.weight", 0, 1)]
+            assert ("layer1.0.conv1.weight", 1, 1) in stem.members
         assert [(g.name, g.width, g.members) for g in traced] == [(g.name, g.width, g.members) for g in hand]
 
 
@@ -131,7 +131,7 @@ def test_any_module_its_exact_duplicates_merge_and_the_function_stays():
     model = _Residual().double().eval()
     groups = channel_groups(model, input_size=(3, 8, 8))
     assert [(g.name, g.width) for g in groups] == [("stem", 12), ("c1", 10), ("fc1", 9)]
-    assert ("c2.weight", 0) in groups[0].members and ("fc1.weight", 1) in groups[0].members  # stream + flatten
+    assert ("c2.weight", 0, 1) in groups[0].members and ("fc1.weight", 1, 4) in groups[0].members  # stream + flatten
     sd = model.state_dict()
     for group, (src, dst) in zip(groups, [(0, 5), (2, 7), (1, 4)]):
         copy_channel(sd, group, src, dst, split_columns=True)  # an exact duplicate; the function is unchanged
@@ -170,24 +170,26 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
 
 
 SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d", "convnext_tiny",
-               "timm/mobilenetv3_large_100", "regnet_y_400mf", "efficientnet_b0")  # (the quick loop keeps two)
-DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rule and BN mode tested)
-    "mobilenet_v2": ("mean", "mean", "fold"), "mobilenet_v3_small": ("mean", "mean", "fold"),
-    "efficientnet_b0": ("mean", "mean", "fold"), "regnet_y_400mf": ("official", "official", "fold"),
-    "resnext50_32x4d": ("official", "official", "fold"), "wide_resnet50_2": ("official", "official", "fold"),
-    "googlenet": ("official", "official", "fold"),  # concatenations read by convs
-    "densenet121": ("official", "official", "fold"),  # pre-activation BNs over concatenations: folded to affine
-    "convnext_tiny": ("mean", "mean", "fold"),  # linears over the channels-last dim, GELU
-    "timm/resnet50d": ("official", "official", "fold"), "timm/mobilenetv3_large_100": ("mean", "mean", "fold"),
+               "timm/mobilenetv3_large_100", "regnet_y_400mf", "efficientnet_b0", "mnasnet0_5")  # (the quick loop keeps two)
+DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rules tested), BN folded
+    "mobilenet_v2": ("mean", ("mean",)),
+    "mobilenet_v3_small": ("mean", ("mean", "official")),  # official: its ReLU blocks (depthwise, gate) merge
+    "mnasnet0_5": ("official", ("official",)),  # ReLU and depthwise convs: kernels averaged by the official rule
+    "efficientnet_b0": ("mean", ("mean",)), "regnet_y_400mf": ("official", ("official",)),
+    "resnext50_32x4d": ("official", ("official",)), "wide_resnet50_2": ("official", ("official",)),
+    "googlenet": ("official", ("official",)),  # concatenations read by convs
+    "densenet121": ("official", ("official",)),  # pre-activation BNs over concatenations: folded to affine
+    "convnext_tiny": ("mean", ("mean",)),  # linears over the channels-last dim, GELU
+    "timm/resnet50d": ("official", ("official",)), "timm/mobilenetv3_large_100": ("mean", ("mean", "official")),
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
-                                  for n in DUPLICATES])
-def test_injected_exact_duplicates_merge_and_the_function_stays(name, tmp_path):
+@pytest.mark.parametrize("name,rule", [pytest.param(n, r, marks=pytest.mark.slow) if n in SLOW_MODELS else (n, r)
+                                       for n, (_, rules) in DUPLICATES.items() for r in rules])
+def test_injected_exact_duplicates_merge_and_the_function_stays(name, rule, tmp_path):
     """In every traced group a channel is made an exact copy of another (consumer columns split, so the function is
     that of the copied model); with BN folded (producers and eps from the graph), at a tiny β exactly those pairs
-    merge under the rule 'auto' picks, and the slim merged model computes the same function."""
+    merge under ``rule``, and the slim merged model computes the same function."""
     from ifm.archs import model_for_state_dict
     from ifm.beyond import without_bn_statistics
     from ifm.run import RunSpec
@@ -200,17 +202,16 @@ def test_injected_exact_duplicates_merge_and_the_function_stays(name, tmp_path):
     sd = model.state_dict()
     spec = RunSpec(arch=name, model_param=str(tmp_path / "m.pt"), merge_rule="auto", input_size=(3, 64, 64))
     torch.save(sd, tmp_path / "m.pt")
-    auto, rule, bn_mode = DUPLICATES[name]
-    assert load_model(spec).merge_rule == auto
+    assert load_model(spec).merge_rule == DUPLICATES[name][0]
     groups = channel_groups(arch, sd, rule=rule)
-    kept = without_bn_statistics(groups, arch.trace(sd).batch_norms) if bn_mode == "fold" else groups
+    kept = without_bn_statistics(groups, arch.trace(sd).batch_norms)
     injected = [g for g in groups if g.width >= 4 and g.name in {k.name for k in kept}]
     for group in injected:
         copy_channel(sd, group, 1, group.width - 2, split_columns=True)
     model.load_state_dict(sd)
     torch.save(sd, tmp_path / "m.pt")
     loaded = load_model(spec)
-    result = merge_weights(loaded, 1e-9, bn_mode=bn_mode, rule=rule)
+    result = merge_weights(loaded, 1e-9, bn_mode="fold", rule=rule)
     assert result.n_merges == len(injected) > 0
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     merged = model_for_state_dict(arch, result.state_dict).double().eval()
@@ -231,3 +232,86 @@ def test_the_ifm_command_is_the_any_cnn_entry_point(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "--list_groups" in capsys.readouterr().out
+
+
+class _GatedDepthwise(nn.Module):
+    """A ReLU block with a depthwise conv and a squeeze-and-excitation gate (sigmoid): under the official rule the
+    depthwise kernels and the gate's producer are averaged (every other parameter as the rule says)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.fc1, self.fc2 = nn.Conv2d(12, 6, 1), nn.Conv2d(6, 12, 1)
+        self.proj = nn.Conv2d(12, 10, 3, padding=1)
+        self.head = nn.Linear(10, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.dw(torch.relu(self.stem(x))))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        return self.head(torch.relu(self.proj(h * gate)).mean((2, 3)))
+
+
+def test_depthwise_kernels_and_gates_are_averaged_members_under_both_rules():
+    graph = trace_spaces(_GatedDepthwise(), (3, 8, 8))
+    assert graph.activations == []  # the gate's sigmoid does not ask for the mean rule
+    sd = _GatedDepthwise().state_dict()
+    for rule in ("official", "mean"):
+        groups = build_groups(sd, traced_layer_spaces(graph, rule=rule))
+        assert [(g.name, g.width) for g in groups] == [("stem", 12), ("fc1", 6), ("proj", 10)]
+        assert groups[0].averaged == {"dw.weight", "fc2.weight", "fc2.bias"}  # (dw.bias follows the stem's rows)
+        assert ("fc2.weight", 0, 1) in groups[0].members and ("fc2.weight", 1, 1) in groups[1].members
+    squared = trace_spaces(_Squared(), (3, 8, 8))
+    assert [g.name for g in build_groups(_Squared().state_dict(), traced_layer_spaces(squared))] == []
+    assert "products of activations" in squared.activations
+
+
+class _Squared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 6, 3), nn.Conv2d(3, 6, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head((torch.relu(self.a(x)) * torch.relu(self.b(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("rule", ["official", "mean"])
+@pytest.mark.parametrize("pending_rank", [128, 4, 2])
+def test_averaged_members_keep_the_distances_exact(rule, pending_rank, monkeypatch):
+    """Merging near-duplicates of a depthwise + gate block: the incremental distances (with the gate's rows averaged
+    in a neighbour's count-weighted part) give the naive algorithm's merge log and weights."""
+    from ifm.gram import GroupGram
+    from tests.naive_reference import naive_ifm
+    monkeypatch.setattr(GroupGram, "pending_rank", pending_rank)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model = _GatedDepthwise().double()
+    groups = channel_groups(model, input_size=(3, 8, 8), rule=rule)
+    sd = model.state_dict()
+    for group in groups:
+        for k in range(group.width // 3):
+            copy_channel(sd, group, k, group.width - 1 - k, noise=0.05 * (k + 1), generator=gen)
+    result = iterative_feature_merging(sd, groups, beta=0.6, rule=rule)
+    params, widths, log = naive_ifm(sd, [(g.name, g.width, g.members, g.averaged) for g in groups], 0.6, rule=rule)
+    assert result.n_merges >= 8 and result.widths == widths
+    assert [(s.iteration, s.group, s.i, s.j) for s in result.merge_log] == [
+        (it, name, min(i, j), max(i, j)) for it, name, i, j in log]
+    for key, value in params.items():
+        torch.testing.assert_close(result.state_dict[key], value, rtol=1e-9, atol=1e-9)
+
+
+def test_exact_duplicates_through_a_depthwise_conv_and_a_gate_merge_under_the_official_rule():
+    torch.manual_seed(0)
+    model = _GatedDepthwise().double().eval()
+    groups = channel_groups(model, input_size=(3, 8, 8))
+    sd = model.state_dict()
+    for group in groups:
+        copy_channel(sd, group, 1, group.width - 2, split_columns=True)
+    model.load_state_dict(sd)
+    result = iterative_feature_merging(sd, groups, beta=1e-9)
+    assert result.n_merges == 3
+    from ifm.slim import slim_model
+    merged = slim_model(_GatedDepthwise().double(), result.state_dict).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), model(x), rtol=1e-9, atol=1e-9)
