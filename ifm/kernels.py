@@ -22,8 +22,37 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 _jit = numba.njit(cache=True, nogil=True)
+
+#: strided loops ask for the cache lines of this many iterations ahead (columns of a Gram part, slices of a
+#: weight along its second axis: each in another page, which the hardware prefetchers do not follow)
+AHEAD = 16
+
+
+@intrinsic
+def _prefetch_byte(typingctx, array, offset):
+    """LLVM's prefetch of the cache line holding byte ``offset`` of ``array``'s data (no effect on results)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [pointer.type],
+                                              ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]))
+        builder.call(fn, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(array, offset), codegen
+
+
+@_jit
+def prefetch(array, i, j, k, lines):
+    """Ask for the cache line of element ``[i, j, k]`` of a 3-D array and the ``lines - 1`` after it."""
+    offset = i * array.strides[0] + j * array.strides[1] + k * array.strides[2]
+    for line in range(lines):
+        _prefetch_byte(array, offset + 64 * line)
 
 
 class CandidatePairs(NamedTuple):
@@ -107,7 +136,11 @@ def merge_linked(slices, merge, mean, slot_pos, width, dest, first_row, second_r
     if mean:  # column slices are strided: a loop of loads only keeps many cache misses in flight
         xs = np.empty((width, k), dest.dtype)
         ys = np.empty((width, k), dest.dtype)
-        for s in range(slot_pos.shape[0]):
+        n_slots = slot_pos.shape[0]
+        for s in range(n_slots):
+            if s + AHEAD < n_slots:
+                prefetch(slices, a, s + AHEAD, 0, 2)  # (a slice may straddle two lines)
+                prefetch(slices, b, s + AHEAD, 0, 2)
             p = slot_pos[s]
             if p >= 0:
                 for c in range(k):
@@ -183,6 +216,10 @@ def merge_positions(parts, summed_part, basis, layout, stats, merge, width, pair
     summed = np.empty(width, parts.dtype)
     weighted = np.empty(width, parts.dtype)
     for p in range(width):
+        if p + AHEAD < width:  # (rows p < a of column a hold row a's entries: the upper triangle)
+            for q in range(2):
+                prefetch(parts, q, p + AHEAD, a, 1)
+                prefetch(parts, q, p + AHEAD, b, 1)
         summed[p] = upper(parts, s, a, p) + upper(parts, s, b, p)
         weighted[p] = wa * upper(parts, w, a, p) + wb * upper(parts, w, b, p)
     summed[a] += summed[b]
@@ -207,6 +244,9 @@ def merge_positions(parts, summed_part, basis, layout, stats, merge, width, pair
     if b != last:
         for q in range(2):
             for p in range(last):
+                if p + AHEAD < last:
+                    prefetch(parts, q, p + AHEAD, last, 1)
+                    prefetch(parts, q, p + AHEAD, b, 1)
                 if p != b:
                     value = upper(parts, q, last, p)
                     parts[q, b, p] = value
