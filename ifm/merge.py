@@ -232,8 +232,12 @@ class IterativeMerger:
                 linked[index].add((m.key, m.axis))
         start = time.perf_counter()
         tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
+        # The consumers' columns are copied to one row per channel in one reused buffer (fresh memory is slow to touch)
+        self._buffer = np.empty(max((arrays[m.key].size for g in self.groups for m in g.members
+                                     if m.axis == 1 and arrays[m.key].ndim >= 2), default=0), _numpy_dtype(dtype))
         self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative, self.summed_part),
                                    linked[index]) for index, g in enumerate(self.groups)]
+        self._buffer = None
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
@@ -255,8 +259,13 @@ class IterativeMerger:
         else:
             parts_t = torch.zeros(2, n, n, dtype=self.dtype, device=self.device)
         for m in group.distance_members(arrays):
-            rows = _rows(arrays[m.key], n) if m.axis == 0 else _cols(arrays[m.key], n).transpose(1, 0, 2)
-            rows = np.ascontiguousarray(rows.reshape(n, -1))  # one row per channel
+            if m.axis == 0:
+                rows = _rows(arrays[m.key], n)  # (a contiguous view)
+            else:  # one row per channel
+                cols = _cols(arrays[m.key], n)
+                rows = self._buffer[:cols.size].reshape(n, cols.shape[0], cols.shape[2])
+                np.copyto(rows, cols.transpose(1, 0, 2))
+                rows = rows.reshape(n, -1)
             part = self._part(group, m)
             if on_cpu:
                 syrk_upper(parts[part], rows, 1.0, rows=True)
