@@ -146,7 +146,7 @@ def load_model(spec: RunSpec) -> LoadedModel:
         activations = graph.activations
         rule = "mean" if activations else "official"
         reason = (f"mean: the model has {', '.join(activations)} between layers it merges" if activations
-                  else "official: every activation between merged layers is ReLU-like")
+                  else "official: every activation between merged layers is ReLU-like (or inside a gate)")
     if spec.arch not in ARCHITECTURES:  # traced groups of a model nobody described: checked once
         check_groups(arch, state_dict, channel_groups(arch, state_dict, spec.stages, rule=rule, graph=graph))
     return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model, rule, reason, graph)
