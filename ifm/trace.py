@@ -13,8 +13,8 @@ rule table:
 * ``add``/``sub`` of two activations (residual streams) unite the spaces of their operands, and so does an
   elementwise product. When one factor is broadcast over the other's positions (a squeeze-and-excitation
   gate), it is the *gate*: its producer joins the gated group with its parameters averaged by every merge
-  rule (the gate of a merged channel is then the duplicates' gate, whatever its activation); a product of
-  two full activations is merged by the mean rule only;
+  rule (the gate of a merged channel is then the duplicates' gate, whatever its activation; a gate that a
+  layer also reads is merged by the mean rule only); a product of two full activations too;
 * a depthwise conv passes its input's space through; its kernels join that space as per-channel members,
   averaged by every merge rule (its bias follows the producer's rows);
 * ``cat`` along dim 1 puts spaces side by side: a conv, linear or BN reading it has one segment per space
@@ -133,7 +133,12 @@ class TracedGraph:
         summing the producing rows of two duplicates changes what its consumers see."""
         if rule not in self._reasons:
             frozen: dict[int, str] = {}
-            official: list[dict[int, str]] = [{}, {}]  # reasons only the official rule has, in priority order
+            official: list[dict[int, str]] = [{}, {}, {}]  # reasons only the official rule has, in priority order
+            for prefix, (read, _, kind) in self.layers.items():
+                if kind in ("conv", "linear") and isinstance(read, int) and self.spaces[read].gate:
+                    official[2].setdefault(self.root(read), f"{prefix} reads a gate, which the official rule averages "
+                                                            "(its readers would need summed columns; use --merge_rule "
+                                                            "mean)")
             for s in self.spaces:
                 root = self.root(s.id)
                 if s.frozen:

@@ -315,3 +315,27 @@ def test_exact_duplicates_through_a_depthwise_conv_and_a_gate_merge_under_the_of
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(merged(x), model(x), rtol=1e-9, atol=1e-9)
+
+
+class _ReadGate(_GatedDepthwise):
+    """The gate's value is also read by a layer: under the official rule (gate averaged, readers' columns averaged)
+    that would change the function, so the gated space is frozen there; the mean rule merges it."""
+
+    def __init__(self):
+        super().__init__()
+        self.side = nn.Linear(12, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.dw(torch.relu(self.stem(x))))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        out = self.head(torch.relu(self.proj(h * gate)).mean((2, 3)))
+        return out + self.side(gate.flatten(1))
+
+
+def test_a_gate_read_by_a_layer_is_frozen_under_the_official_rule():
+    graph = trace_spaces(_ReadGate(), (3, 8, 8))
+    sd = _ReadGate().state_dict()
+    official = [g.name for g in build_groups(sd, traced_layer_spaces(graph, rule="official"))]
+    assert "stem" not in official and "fc1" in official
+    assert any("side reads a gate" in (graph.frozen_reason(s.id) or "") for s in graph.spaces)
+    assert "stem" in [g.name for g in build_groups(sd, traced_layer_spaces(graph, rule="mean"))]
