@@ -349,9 +349,11 @@ class _Recorder(TorchFunctionMode):
             self.freeze(lb, f"{name} of activations whose channels do not line up")
             self.set_labels(out, self.fresh(None, out.shape[1], f"produced by {name} of misaligned channels"))
             return
+        gated = la
         if name in PRODUCTS:
             gate = pb[0] if _broadcast_over(b, a, lb.dim) else pa[0] if _broadcast_over(a, b, la.dim) else None
             if gate is not None and self.root(pa[0]) != self.root(pb[0]):
+                gated = lb if gate == pa[0] else la  # (the product carries the gated activation's labels on)
                 root = self.root(gate)  # the gate's whole (united) space: its producers are averaged
                 for space in self.spaces:
                     if self.root(space.id) == root:
@@ -360,7 +362,7 @@ class _Recorder(TorchFunctionMode):
                 for sid in (pa[0], pb[0]):
                     self.spaces[sid].product = self.spaces[sid].product or name.strip("_")
         self.unite(pa[0], pb[0])
-        self.set_labels(out, la)
+        self.set_labels(out, gated)
 
     def segments(self, labels: Labels, reader: str) -> tuple[tuple[int | None, int, int], ...]:
         """A concatenation read by ``reader``: runs of whole spaces, as ``(space, start, stop)`` entries of dim 1; a

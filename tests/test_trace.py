@@ -339,3 +339,21 @@ def test_a_gate_read_by_a_layer_is_frozen_under_the_official_rule():
     assert "stem" not in official and "fc1" in official
     assert any("side reads a gate" in (graph.frozen_reason(s.id) or "") for s in graph.spaces)
     assert "stem" in [g.name for g in build_groups(sd, traced_layer_spaces(graph, rule="mean"))]
+
+
+class _GateFirst(_GatedDepthwise):
+    """``gate * h`` (the gate as the first factor), then SiLU: the product carries the gated activation on, so the
+    SiLU after it freezes the space under the official rule."""
+
+    def forward(self, x):
+        h = torch.relu(self.dw(torch.relu(self.stem(x))))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        return self.head(torch.relu(self.proj(nn.functional.silu(gate * h))).mean((2, 3)))
+
+
+def test_the_product_of_a_gate_carries_the_gated_activation_on():
+    graph = trace_spaces(_GateFirst(), (3, 8, 8))
+    groups = build_groups(_GateFirst().state_dict(), traced_layer_spaces(graph, rule="official"))
+    assert "stem" not in [g.name for g in groups] and graph.activations == ["silu"]
+    with_relu = trace_spaces(_GatedDepthwise(), (3, 8, 8))
+    assert not with_relu.frozen_reason(next(s.id for s in with_relu.spaces if s.producer == "stem"))
