@@ -131,14 +131,13 @@ class GroupGram:
         merge = MergeWeights(a, b, wa, wb)
         if into_summed and not mean:
             raise ValueError("a neighbour's summed channels cannot change the part this group's merges sum")
-        # The product waits in region 0 (the summed part, 2k rows of sign -1), regions 1 and 2 (the weighted part,
-        # k rows of sign +1 and k of sign -1) or region 2 alone (the weighted part averaged: 2k rows of sign -1).
-        if mean and into_summed:
-            need, room, limit = 2 * k, self.capacity - self.rows_used, self.capacity
-        elif mean:
-            need, room, limit = 2 * k, self.col_half - self.minus_used, self.col_half
+        # The product waits in region 0 (the summed part: 2k rows of sign -1), region 2 alone (the weighted part
+        # averaged: 2k rows of sign -1) or regions 1 and 2 (the weighted part summed: k rows of each sign).
+        if into_summed:
+            need, used, limit = 2 * k, self.rows_used, self.capacity
         else:
-            need, room, limit = k, self.col_half - max(self.plus_used, self.minus_used), self.col_half
+            need, used, limit = (2 * k, self.minus_used, self.col_half) if mean else \
+                (k, max(self.plus_used, self.minus_used), self.col_half)
         if need > limit:  # too wide to wait: add it now
             u = np.empty((2 * k, w), self.parts.dtype)
             self._merge_linked(u, 0, k, slices, merge, mean, slot_pos)
@@ -146,21 +145,20 @@ class GroupGram:
             syrk_upper(part, u[:k], -1.0 if mean else 1.0)
             syrk_upper(part, u[k:], -1.0)
             return
-        if need > room:
+        if used + need > limit:
             self.flush()
-        if mean and into_summed:
-            self._merge_linked(self.basis, self.rows_used, self.rows_used + k, slices, merge, mean, slot_pos)
+        minus = self.capacity + self.col_half + self.minus_used
+        if into_summed:
+            first, second = self.rows_used, self.rows_used + k
             self.rows_used += 2 * k
         elif mean:
-            first = self.capacity + self.col_half + self.minus_used
-            self._merge_linked(self.basis, first, first + k, slices, merge, mean, slot_pos)
+            first, second = minus, minus + k
             self.minus_used += 2 * k
         else:
-            first = self.capacity + self.plus_used
-            self._merge_linked(self.basis, first, self.capacity + self.col_half + self.minus_used, slices, merge, mean,
-                               slot_pos)
+            first, second = self.capacity + self.plus_used, minus
             self.plus_used += k
             self.minus_used += k
+        self._merge_linked(self.basis, first, second, slices, merge, mean, slot_pos)
 
     def _merge_linked(self, dest, first_row, second_row, slices, merge: MergeWeights, mean, slot_pos) -> None:
         largest = kernels.merge_linked(slices, merge, mean, slot_pos, self.width, dest, first_row, second_row,
@@ -265,7 +263,7 @@ class GroupGram:
         if self.n_pairs + self.width > len(self.pairs.i):
             self._grow_candidates()
         self.n_pairs, farthest = kernels.merge_positions(
-            self.parts, self.summed_part, self.basis, self.layout, self.stats, MergeWeights(a, b, wa, wb), self.width, self.pairs,
-            self.n_pairs, self.threshold)
+            self.parts, self.summed_part, self.basis, self.layout, self.stats, MergeWeights(a, b, wa, wb), self.width,
+            self.pairs, self.n_pairs, self.threshold)
         self.width -= 1
         self.max_bound = max(self.max_bound, farthest)

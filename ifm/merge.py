@@ -29,7 +29,7 @@ from .blas import syrk_upper
 from .device import default_device
 from .errors import IFMError
 from .gram import GroupGram, gram_matrix
-from .groups import ChannelGroup, Member, join_segments, parse_segment_key, split_segments
+from .groups import ChannelGroup, join_segments, parse_segment_key, split_segments
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
@@ -168,18 +168,17 @@ class _GroupState:
 
 @dataclass
 class _Link:
-    """A ≥2-D tensor indexed by two groups, seen from the group that merges on ``axis``.
+    """A ≥2-D tensor indexed by two groups, seen from the group whose merges change it.
 
-    ``slices[c]`` is own channel ``c``'s slice, one row per channel of group ``other``. ``averaged``: the slices
-    are count-averaged whatever the rule (a gate's producer); ``into_summed``: the tensor's Gram matrix lies in
-    the part of the other group's Gram matrix that its own merges sum.
+    ``slices[c]`` is own channel ``c``'s slice, one row per channel of group ``other``. ``averaged``: the own
+    merges count-average the slices (else they sum them); ``into_summed``: the tensor's Gram matrix lies in the
+    part of the other group's Gram matrix that its own merges sum.
     """
 
-    axis: int
     other: int
     slices: np.ndarray
-    averaged: bool = False
-    into_summed: bool = False
+    averaged: bool
+    into_summed: bool
 
 
 def _link_slices(w: np.ndarray, axis: int, n_own: int, n_other: int) -> np.ndarray:
@@ -227,30 +226,32 @@ class IterativeMerger:
                 if other == index:
                     raise ValueError(f"{m.key} maps group {g.name!r} to itself: not supported")
                 slices = _link_slices(arrays[m.key], m.axis, g.width, self.groups[other].width)
-                into_summed = self._part(self.groups[other], Member(m.key, 1 - m.axis)) == self.summed_part
-                self.links[index].append(_Link(m.axis, other, slices, m.key in g.averaged, into_summed))
+                averaged = m.key in g.averaged or (m.axis == 0) == self.rows_averaged
+                into_summed = self._part(self.groups[other], m.key, 1 - m.axis) == self.summed_part
+                self.links[index].append(_Link(other, slices, averaged, into_summed))
                 linked[index].add((m.key, m.axis))
         start = time.perf_counter()
         tie, relative = TIE_TOLERANCE[dtype], RELATIVE_TIE[dtype]
         # The consumers' columns are copied to one row per channel in one reused buffer (fresh memory is slow to touch)
-        self._buffer = np.empty(max((arrays[m.key].size for g in self.groups for m in g.members
-                                     if m.axis == 1 and arrays[m.key].ndim >= 2), default=0), _numpy_dtype(dtype))
-        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays), tie, relative, self.summed_part),
-                                   linked[index]) for index, g in enumerate(self.groups)]
-        self._buffer = None
+        buffer = np.empty(max((arrays[m.key].size for g in self.groups for m in g.members
+                               if m.axis == 1 and arrays[m.key].ndim >= 2), default=0), _numpy_dtype(dtype))
+        self.states = [_GroupState(g, arrays, GroupGram(self._gram_parts(g, arrays, buffer), tie, relative,
+                                                        self.summed_part), linked[index])
+                       for index, g in enumerate(self.groups)]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
 
     # ----------------------------------------------------------------------------- distances
-    def _part(self, group: ChannelGroup, member: Member) -> int:
-        """The Gram part that holds ``member``'s products: its axis (0: rows, 1: columns), or for a member every
-        rule averages, the part own merges average."""
-        return 1 - self.summed_part if member.key in group.averaged else member.axis
+    def _part(self, group: ChannelGroup, key: str, axis: int) -> int:
+        """The Gram part of ``group`` that holds the products of its member ``(key, axis)``: its axis (0: rows,
+        1: columns), or for a member every rule averages, the part own merges average."""
+        return 1 - self.summed_part if key in group.averaged else axis
 
-    def _gram_parts(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _gram_parts(self, group: ChannelGroup, arrays: Mapping[str, np.ndarray], buffer: np.ndarray) -> np.ndarray:
         """The group's Gram matrix (rows part, columns part) as a CPU array, computed on ``device``.
 
         On the CPU: upper triangles only, by symmetric rank-k updates (no PyTorch operation in between,
-        whose worker threads would spin against the BLAS threads).
+        whose worker threads would spin against the BLAS threads). ``buffer``: room for the largest consumer
+        weight, copied there with one row per channel.
         """
         n = group.width
         on_cpu = self.device.type == "cpu"
@@ -263,10 +264,10 @@ class IterativeMerger:
                 rows = _rows(arrays[m.key], n)  # (a contiguous view)
             else:  # one row per channel
                 cols = _cols(arrays[m.key], n)
-                rows = self._buffer[:cols.size].reshape(n, cols.shape[0], cols.shape[2])
+                rows = buffer[:cols.size].reshape(n, cols.shape[0], cols.shape[2])
                 np.copyto(rows, cols.transpose(1, 0, 2))
                 rows = rows.reshape(n, -1)
-            part = self._part(group, m)
+            part = self._part(group, m.key, m.axis)
             if on_cpu:
                 syrk_upper(parts[part], rows, 1.0, rows=True)
             else:
@@ -311,12 +312,10 @@ class IterativeMerger:
     def _update_linked_gram(self, link: _Link, a: int, b: int, wa: float, wb: float) -> None:
         """Merge own channels ``a``, ``b`` in a tensor shared with another group, and update that
         group's Gram matrix by rank 2k. With slices ``A``, ``B`` (one row per channel of the other
-        group): summed rows (axis 0) change it by ``A B^T + B A^T``, a count-weighted mean of columns
-        (axis 1) by ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B`` (see
-        :func:`ifm.kernels.merge_linked`)."""
+        group): summed slices change it by ``A B^T + B A^T``, count-weighted ones by
+        ``N N^T - A A^T - B B^T`` with ``N = wa A + wb B`` (see :func:`ifm.kernels.merge_linked`)."""
         other = self.states[link.other]
-        averaged = link.averaged or ((link.axis == 0) if self.rows_averaged else (link.axis == 1))
-        other.gram.merge_linked(link.slices, a, b, wa, wb, averaged, link.into_summed, other.slot_pos)
+        other.gram.merge_linked(link.slices, a, b, wa, wb, link.averaged, link.into_summed, other.slot_pos)
         other.dirty = True
 
     # ----------------------------------------------------------------------------- driver

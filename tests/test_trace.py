@@ -246,9 +246,13 @@ class _GatedDepthwise(nn.Module):
         self.proj = nn.Conv2d(12, 10, 3, padding=1)
         self.head = nn.Linear(10, 5)
 
-    def forward(self, x):
+    def gated(self, x):
+        """The depthwise block's output and its gate."""
         h = torch.relu(self.dw(torch.relu(self.stem(x))))
-        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        return h, torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+
+    def forward(self, x):
+        h, gate = self.gated(x)
         return self.head(torch.relu(self.proj(h * gate)).mean((2, 3)))
 
 
@@ -326,10 +330,8 @@ class _ReadGate(_GatedDepthwise):
         self.side = nn.Linear(12, 5)
 
     def forward(self, x):
-        h = torch.relu(self.dw(torch.relu(self.stem(x))))
-        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
-        out = self.head(torch.relu(self.proj(h * gate)).mean((2, 3)))
-        return out + self.side(gate.flatten(1))
+        h, gate = self.gated(x)
+        return self.head(torch.relu(self.proj(h * gate)).mean((2, 3))) + self.side(gate.flatten(1))
 
 
 def test_a_gate_read_by_a_layer_is_frozen_under_the_official_rule():
@@ -346,8 +348,7 @@ class _GateFirst(_GatedDepthwise):
     SiLU after it freezes the space under the official rule."""
 
     def forward(self, x):
-        h = torch.relu(self.dw(torch.relu(self.stem(x))))
-        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        h, gate = self.gated(x)
         return self.head(torch.relu(self.proj(nn.functional.silu(gate * h))).mean((2, 3)))
 
 
