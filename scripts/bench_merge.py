@@ -14,8 +14,10 @@ Inputs: CIFAR VGG16 with many near-duplicate channels (three quarters of them at
 β = 0.05, the case of the speed goal), the shared trained VGG11 (``--vgg11``) at β = 0.1 and 0.2, and
 torchvision VGG16 (random init, ImageNet shapes) at a β giving about 5 % merges. For each input it also
 prints the share of our time spent in the first pass (the float64 Gram matrices of every group, which
-exact distances need: alone about 1-1.5 float32 floors, float64 arithmetic being half as fast). The naive run of the ImageNet case would take hours: it is stopped after
-``--naive_budget`` seconds and its total is extrapolated from its time per outer iteration.
+exact distances need), and those Gram matrices timed by BLAS ``syrk`` alone, without any copy: what any
+method keeping exact float64 Gram matrices pays before its first merge (about 1.5 float32 floors on 2 CPU
+cores, float64 arithmetic being slower). The naive run of the ImageNet case would take hours: it is
+stopped after ``--naive_budget`` seconds and its total is extrapolated from its time per outer iteration.
 
     python scripts/bench_merge.py --vgg11 ../shared/checkpoints/vgg11_cifar10_s0.pt
 """
@@ -27,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
 from ifm import IterativeMerger, channel_groups, iterative_feature_merging  # noqa: E402
+from ifm.blas import syrk_upper  # noqa: E402
 from ifm.io import load_state_dict_file  # noqa: E402
 from ifm.synthetic import near_duplicate_state_dict  # noqa: E402
 from tests.naive_reference import NaiveDeadline, naive_distance, naive_ifm  # noqa: E402
@@ -78,6 +82,22 @@ def floor32_seconds(sd: dict, groups) -> float:
     return time.perf_counter() - start
 
 
+def gram64_blas_seconds(sd: dict, groups) -> float:
+    """The float64 Gram matrices of every group by BLAS ``syrk`` alone (upper triangles, each group's channel
+    vectors already laid out as rows, copies not timed): what any method that keeps exact float64 Gram
+    matrices pays before its first merge."""
+    total = 0.0
+    for g in groups:
+        rows = torch.cat([sd[key].double().reshape(g.width, -1) if axis == 0 else
+                          sd[key].double().transpose(0, 1).reshape(g.width, -1)
+                          for key, axis, _ in g.members if sd[key].ndim >= 2], 1).numpy()
+        gram = np.zeros((g.width, g.width))
+        start = time.perf_counter()
+        syrk_upper(gram, rows, 1.0, rows=True)
+        total += time.perf_counter() - start
+    return total
+
+
 COLD = """
 import sys, time
 sys.path.insert(0, {root!r})
@@ -119,16 +139,18 @@ def bench(name: str, sd: dict, arch: str, beta: float, budget: float, reuse: dic
     our merge alternate ``repeats`` times; each keeps its best time (as ``timeit`` does: noise only
     adds), and our first run is reported too."""
     groups = channel_groups(arch, sd)
-    floors, floors32, times, first_passes = [], [], [], []
+    floors, floors32, times, first_passes, blas64 = [], [], [], [], []
     for _ in range(repeats):
         floors.append(floor_seconds(sd, groups))
         floors32.append(floor32_seconds(sd, groups))
+        blas64.append(gram64_blas_seconds(sd, groups))
         start = time.perf_counter()
         merger = IterativeMerger(sd, groups, device="cpu")  # (what iterative_feature_merging does)
         ours = merger.run(beta)
         times.append(time.perf_counter() - start)
         first_passes.append(merger.init_seconds)
     floor, floor32, ours_seconds, first_pass = min(floors), min(floors32), min(times), min(first_passes)
+    gram64 = min(blas64)
     naive = reuse if reuse is not None and reuse["estimated"] else timed_naive(sd, groups, beta, budget)
     if naive["estimated"]:  # every outer iteration visits every group once, as the official loop does
         naive_total = naive["per_visit"] * len(groups) * ours.iterations
@@ -143,14 +165,16 @@ def bench(name: str, sd: dict, arch: str, beta: float, budget: float, reuse: dic
            "iterations": ours.iterations, "ours_s": ours_seconds, "ours_first_s": times[0], "naive_s": naive_total,
            "naive_estimated": naive["estimated"], "floor_s": floor, "floor32_s": floor32,
            "speedup": naive_total / ours_seconds, "ours_over_floor": ours_seconds / floor,
-           "ours_over_floor32": ours_seconds / floor32, "first_pass_s": first_pass, "identical": same,
+           "ours_over_floor32": ours_seconds / floor32, "first_pass_s": first_pass, "gram64_blas_s": gram64, "identical": same,
            "naive": naive}
     print(f"{name:28s} beta={beta:<5} merges={ours.n_merges:5d} ({row['merged_pct']:5.1f}%) "
           f"ours={ours_seconds:6.2f}s (first {times[0]:5.2f}s) naive={naive_total:9.2f}s{'*' if naive['estimated'] else ' '} "
           f"floor={floor:7.2f}s floor32={floor32:6.2f}s  naive/ours={row['speedup']:7.1f}x  "
           f"ours/floor={row['ours_over_floor']:5.2f} ours/floor32={row['ours_over_floor32']:5.2f}  identical={same}\n"
           f"{'':28s} of ours: first pass (float64 Gram matrices) {first_pass:.2f}s = {first_pass / floor32:.2f} "
-          f"float32 floors, merging {ours_seconds - first_pass:.2f}s = {(ours_seconds - first_pass) / floor32:.2f}",
+          f"float32 floors, merging {ours_seconds - first_pass:.2f}s = {(ours_seconds - first_pass) / floor32:.2f}\n"
+          f"{'':28s} float64 Gram matrices by BLAS alone (no copies; any exact float64 Gram method pays this): "
+          f"{gram64:.2f}s = {gram64 / floor32:.2f} float32 floors",
           flush=True)
     return row
 
