@@ -67,15 +67,21 @@ def floor_seconds(sd: dict, groups) -> float:
     return time.perf_counter() - start
 
 
+def channel_vectors(params: dict, group) -> torch.Tensor:
+    """The group's channel vectors as rows (its weights' rows, its consumers' columns), as the official code
+    lays them out."""
+    return torch.cat([params[key].reshape(group.width, -1) if axis == 0 else
+                      params[key].transpose(0, 1).reshape(group.width, -1)
+                      for key, axis, _ in group.members if params[key].ndim >= 2], 1)
+
+
 def floor32_seconds(sd: dict, groups) -> float:
     """The floor as the official code computes it: one float32 distance pass of every group through the Gram
     identity D = diag(G) + diag(G)^T - 2G with a torch matrix product."""
     params = {k: v.float() for k, v in sd.items()}
     start = time.perf_counter()
     for g in groups:
-        parts = [params[key].reshape(g.width, -1) if axis == 0 else params[key].transpose(0, 1).reshape(g.width, -1)
-                 for key, axis, _ in g.members if params[key].ndim >= 2]
-        m = torch.cat(parts, 1)
+        m = channel_vectors(params, g)
         gram = m @ m.T
         diag = gram.diagonal()
         _ = diag[:, None] + diag[None, :] - 2 * gram
@@ -88,9 +94,7 @@ def gram64_blas_seconds(sd: dict, groups) -> float:
     matrices pays before its first merge."""
     total = 0.0
     for g in groups:
-        rows = torch.cat([sd[key].double().reshape(g.width, -1) if axis == 0 else
-                          sd[key].double().transpose(0, 1).reshape(g.width, -1)
-                          for key, axis, _ in g.members if sd[key].ndim >= 2], 1).numpy()
+        rows = channel_vectors({m.key: sd[m.key].double() for m in g.members}, g).numpy()
         gram = np.zeros((g.width, g.width))
         start = time.perf_counter()
         syrk_upper(gram, rows, 1.0, rows=True)
