@@ -306,7 +306,8 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
 
 
 def run_identity(spec: RunSpec, loaded: LoadedModel, evaluator: Evaluator | None) -> dict:
-    """The identifying fields a run of ``spec`` on ``loaded`` writes into its record (see ``make_record``)."""
+    """The identifying fields a run of ``spec`` on ``loaded`` writes into its record (``make_record`` starts from
+    them; ``eval_samples`` is filled in after evaluation)."""
     return {"model": loaded.arch.name, "checkpoint": loaded.checkpoint, "checkpoint_digest": loaded.digest,
             **spec.record_fields(), "merge_rule": loaded.merge_rule,
             "eval_samples": None if evaluator is None else evaluator.total}
@@ -318,13 +319,12 @@ def make_record(loaded: LoadedModel, spec: RunSpec, result: MergeResult, origina
     params_before, params_after = count_params(original), count_params(merged)
     flops_before, flops_after = count_flops(original, size), count_flops(merged, size)
     return {
-        "model": loaded.arch.name, "dataset": loaded.arch.dataset, "checkpoint": loaded.checkpoint,
-        "checkpoint_digest": loaded.digest, **spec.record_fields(), "merge_rule": loaded.merge_rule,
+        "model": loaded.arch.name, "dataset": loaded.arch.dataset, **run_identity(spec, loaded, None),
         "widths": result.widths, "original_widths": result.original_widths, "n_merges": result.n_merges,
         "params_before": params_before, "params_after": params_after,
         "params_pct": 100.0 * params_after / params_before,
         "flops_before": flops_before, "flops_after": flops_after, "flops_pct": 100.0 * flops_after / flops_before,
-        "acc_before": None, "acc_after": None, "loss_before": None, "loss_after": None, "eval_samples": None,
+        "acc_before": None, "acc_after": None, "loss_before": None, "loss_after": None,
         "merge_seconds": result.seconds, "iterations": result.iterations, "device": str(device),
         "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **({"merge_rule_reason": loaded.rule_reason} if loaded.rule_reason else {}),

@@ -184,7 +184,7 @@ def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_roo
     writes, for every kind of setting (else a sweep never skips, or skips the wrong run)."""
     from ifm.run import RunOptions, RunSpec, from_args
     from ifm.selfmerge import Evaluator, load_model, merge_argument_parser, run_identity, run_self_merge
-    from ifm.sweep import run_key
+    from ifm.sweep import SAME_RUN_FIELDS, run_key
     args = merge_argument_parser("cifar10", "resnet").parse_args(
         ["--resnet_name", "ResNet18", "--model_param", str(tiny_checkpoints["ResNet18"]), "--threshold", "0.4",
          "--stages", "3", "4", "--baseline", "random", "--seeds", "2", "--no_eval", "--results", "x.jsonl"])
@@ -205,4 +205,5 @@ def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_roo
         evaluator = Evaluator(loaded, spec, options, torch.device("cpu")) if spec.evaluates else None
         record = run_self_merge(spec, options, loaded, evaluator)
         assert run_key(record) == run_key(run_identity(spec, loaded, evaluator))
+        assert set(SAME_RUN_FIELDS) == set(run_identity(spec, loaded, evaluator)) - {"beta"}  # every field counts
         assert {k: record[k] for k in spec.record_fields()} == json.loads(json.dumps(spec.record_fields()))
