@@ -179,7 +179,7 @@ def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str
     ``(1, *input_size)`` input, for its own weights unless ``state_dict`` is given. ``graph``: the architecture's
     traced graph, if already at hand (else it is traced now)."""
     if isinstance(arch, nn.Module):
-        graph = trace_spaces(arch, input_size)
+        graph = graph or trace_spaces(arch, input_size)
         return build_groups(arch.state_dict() if state_dict is None else state_dict,
                             traced_layer_spaces(graph, rule=rule))
     arch = get_architecture(arch) if isinstance(arch, str) else arch

@@ -93,12 +93,12 @@ class GroupGram:
         n = parts.shape[1]
         self.parts, self.width = parts, n
         self.summed_part = summed_part  # the part an own merge sums: 0 (rows, official rule) or 1 (mean rule)
-        self.col_half = max(self.pending_rank // 2, 1)  # columns of a pending columns-part product per sign
-        self.capacity = 2 * self.col_half
+        self.weighted_half = max(self.pending_rank // 2, 1)  # rows per sign of the count-weighted part's pending region
+        self.capacity = 2 * self.weighted_half
         self.tie, self.relative_tie = tie, relative_tie
         # Pending products U diag(sign) U^T, stored as rows of U^T in three regions (``layout``)
         self.basis = np.zeros((2 * self.capacity, n), parts.dtype)
-        self.rows_used = self.plus_used = self.minus_used = 0
+        self.summed_used = self.plus_used = self.minus_used = 0
         # diag(G) (pending products included); and since the last full pass, D_ij fell by <= 2 (moved_i + moved_j)
         self.stats = PositionStats(parts[0].diagonal() + parts[1].diagonal(), np.zeros(n, parts.dtype))
         self.n_pairs = 0  # the first n_pairs of the candidates are live
@@ -117,7 +117,7 @@ class GroupGram:
 
     @property
     def layout(self) -> PendingLayout:
-        return PendingLayout(self.rows_used, self.plus_used, self.minus_used, self.capacity, self.col_half)
+        return PendingLayout(self.summed_used, self.plus_used, self.minus_used, self.capacity, self.weighted_half)
 
     # --------------------------------------------------------------------------- products
     def merge_linked(self, slices: np.ndarray, a: int, b: int, wa: float, wb: float, mean: bool, into_summed: bool,
@@ -134,10 +134,10 @@ class GroupGram:
         # The product waits in region 0 (the summed part: 2k rows of sign -1), region 2 alone (the weighted part
         # averaged: 2k rows of sign -1) or regions 1 and 2 (the weighted part summed: k rows of each sign).
         if into_summed:
-            need, used, limit = 2 * k, self.rows_used, self.capacity
+            need, used, limit = 2 * k, self.summed_used, self.capacity
         else:
-            need, used, limit = (2 * k, self.minus_used, self.col_half) if mean else \
-                (k, max(self.plus_used, self.minus_used), self.col_half)
+            need, used, limit = (2 * k, self.minus_used, self.weighted_half) if mean else \
+                (k, max(self.plus_used, self.minus_used), self.weighted_half)
         if need > limit:  # too wide to wait: add it now
             u = np.empty((2 * k, w), self.parts.dtype)
             self._merge_linked(u, 0, k, slices, merge, mean, slot_pos)
@@ -147,10 +147,10 @@ class GroupGram:
             return
         if used + need > limit:
             self.flush()
-        minus = self.capacity + self.col_half + self.minus_used
+        minus = self.capacity + self.weighted_half + self.minus_used
         if into_summed:
-            first, second = self.rows_used, self.rows_used + k
-            self.rows_used += 2 * k
+            first, second = self.summed_used, self.summed_used + k
+            self.summed_used += 2 * k
         elif mean:
             first, second = minus, minus + k
             self.minus_used += 2 * k
@@ -173,7 +173,7 @@ class GroupGram:
             if hi > lo:
                 part = self.summed_part if in_summed else 1 - self.summed_part
                 syrk_upper(self.parts[part, :w, :w], self.basis[lo:hi, :w], sign)
-        self.rows_used = self.plus_used = self.minus_used = 0
+        self.summed_used = self.plus_used = self.minus_used = 0
 
     # --------------------------------------------------------------------------- distances
     def _upper_distances(self) -> tuple[np.ndarray, tuple[int, int, float]]:

@@ -71,14 +71,14 @@ class PositionStats(NamedTuple):
 
 class PendingLayout(NamedTuple):
     """Where the pending products sit in ``basis``: the summed part's (all sign -1: neighbours average their
-    channels in it) in ``[0, rows_used)``; the count-weighted part's sign +1 columns in ``[capacity, capacity +
-    plus_used)`` and its sign -1 columns in ``[capacity + col_half, capacity + col_half + minus_used)``. Under the
-    official rule the summed part is the rows part (``rows_used``), the weighted one the columns part."""
-    rows_used: int
+    channels in it) in ``[0, summed_used)``; the count-weighted part's sign +1 columns in ``[capacity,
+    capacity + plus_used)`` and its sign -1 columns in ``[capacity + weighted_half, capacity + weighted_half +
+    minus_used)``. Under the official rule the summed part is the rows part, the weighted one the columns part."""
+    summed_used: int
     plus_used: int
     minus_used: int
     capacity: int
-    col_half: int
+    weighted_half: int
 
 
 class MergeWeights(NamedTuple):
@@ -103,10 +103,10 @@ def region(which, layout):
     whether the summed part (``True``: an own merge sums it; the rows part under the official rule) or the
     count-weighted part holds them."""
     if which == 0:
-        return 0, layout.rows_used, -1.0, True
+        return 0, layout.summed_used, -1.0, True
     if which == 1:
         return layout.capacity, layout.capacity + layout.plus_used, 1.0, False
-    start = layout.capacity + layout.col_half
+    start = layout.capacity + layout.weighted_half
     return start, start + layout.minus_used, -1.0, False
 
 

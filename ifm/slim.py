@@ -16,30 +16,32 @@ from torch import nn
 from .errors import IFMError
 
 
+#: the layers :func:`slim_model` resizes
+RESIZABLE = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
 def _resized(module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
     """A copy of ``module`` shaped for ``weight``, or None if it already fits or cannot (another kind of layer:
     the strict load then names the mismatch). The copy keeps the module's class and settings (a timm conv with
     'same' padding, a BN with its activation); only its sizes and parameter shapes change."""
     if weight.shape == module.weight.shape or weight.ndim != module.weight.ndim:
         return None
+    if not isinstance(module, RESIZABLE):
+        return None
     like = {"dtype": module.weight.dtype, "device": module.weight.device}
     out = weight.shape[0]
+    new = copy.deepcopy(module)
     if isinstance(module, nn.modules.conv._ConvNd):
         depthwise = module.groups == module.in_channels == module.out_channels and weight.shape[1] == 1
-        new = copy.deepcopy(module)
         new.groups = out if depthwise else module.groups  # a depthwise conv keeps one group per channel
         new.in_channels, new.out_channels = weight.shape[1] * new.groups, out
     elif isinstance(module, nn.Linear):
-        new = copy.deepcopy(module)
         new.in_features, new.out_features = weight.shape[1], out
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        new = copy.deepcopy(module)
+    else:
         new.num_features = out
         for name in ("running_mean", "running_var"):
             if getattr(new, name, None) is not None:
                 setattr(new, name, torch.zeros(out, **like))
-    else:
-        return None
     new.weight = nn.Parameter(torch.empty(weight.shape, **like))
     if getattr(new, "bias", None) is not None:
         new.bias = nn.Parameter(torch.empty(out, **like))

@@ -29,6 +29,7 @@ into channel groups, as for the hand-written maps.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -248,7 +249,7 @@ class _Recorder(TorchFunctionMode):
 
     def record(self, name: str, args: Sequence, kwargs: Mapping, out: Any) -> None:
         flat = [a for a in _flatten_args(args, kwargs) if isinstance(a, Tensor)]
-        acts = [(a, self.labels_of(a)) for a in flat if self.labels_of(a) is not None]
+        acts = [(a, labels) for a in flat if (labels := self.labels_of(a)) is not None]
         params = [self.param_names[id(a)] for a in flat if id(a) in self.param_names]
         if name in ("conv2d", "conv1d", "conv3d", "linear") and acts and params:
             self.weighted_layer(name, args, kwargs, acts[0], params, out)
@@ -287,8 +288,7 @@ class _Recorder(TorchFunctionMode):
 
     def weighted_layer(self, name, args, kwargs, act, params, out) -> None:
         tensor, labels = act
-        weight = next(p for p in params if p.endswith("weight")) if any(p.endswith("weight") for p in params) \
-            else params[0]
+        weight = next((p for p in params if p.endswith("weight")), params[0])
         prefix = weight.rpartition(".")[0]
         groups = _arg(args, kwargs, 6, "groups", 1) if name.startswith("conv") else 1
         channel_dim = tensor.dim() - 1 if name == "linear" else 1  # a linear reads the last dim (channels-last)
@@ -466,7 +466,6 @@ def trace_spaces(model: nn.Module, input_size: Sequence[int] = (3, 224, 224),
                  example: Callable[[], Any] | None = None) -> TracedGraph:
     """Record ``model``'s channel spaces from one forward pass on a ``(1, *input_size)`` input (on the meta
     device when the model's parameters can be moved there; the model itself is not changed)."""
-    import copy
     start = time.perf_counter()
     try:
         traced = copy.deepcopy(model).to("meta").eval()
