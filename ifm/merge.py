@@ -68,6 +68,7 @@ class MergeResult:
     beta: float
     max_ratio: float
     order: str
+    correction_seconds: float = 0.0  # the data-free repair after merging (``ifm.correction``), if any
 
     @property
     def n_merges(self) -> int:
@@ -335,9 +336,10 @@ class IterativeMerger:
         return True
 
     def run(self, beta: float, max_ratio: float = 1.0, order: Order = "official",
-            progress: bool = False) -> MergeResult:
-        """Merge until Eq. 9 stops every group (or ``max_ratio`` caps it). A merger runs once: it merges its
-        copy of the weights in place (build a new one, or call :func:`iterative_feature_merging`)."""
+            progress: bool = False, max_merges: int | None = None) -> MergeResult:
+        """Merge until Eq. 9 stops every group (or ``max_ratio`` caps it, or ``max_merges`` merges are done). A
+        merger runs once: it merges its copy of the weights in place (build a new one, or call
+        :func:`iterative_feature_merging`)."""
         check_hyperparameters(beta, max_ratio)
         if self.ran:
             raise RuntimeError("this IterativeMerger has run already and holds merged weights; build a new one")
@@ -346,11 +348,12 @@ class IterativeMerger:
         log: list[MergeStep] = []
         bar = _progress_bar(progress, sum(s.original_width for s in self.states))
         iteration = 0
+        cap = float("inf") if max_merges is None else max_merges
         if order == "official":
-            while True:
+            while len(log) < cap:
                 merged_any = False
                 for index, state in enumerate(self.states):
-                    if iteration >= state.original_width * max_ratio:
+                    if iteration >= state.original_width * max_ratio or len(log) >= cap:
                         continue
                     merged_any |= self.visit(index, beta, iteration, log)
                 bar.update(len(log) - bar.n)
@@ -360,19 +363,47 @@ class IterativeMerger:
         elif order == "layerwise":
             for index, state in enumerate(self.states):
                 state.dirty = True
-                while state.n_merges < state.original_width * max_ratio and self.visit(index, beta, iteration, log):
+                while (state.n_merges < state.original_width * max_ratio and len(log) < cap
+                       and self.visit(index, beta, iteration, log)):
                     iteration += 1
                     bar.update(1)
         else:
             raise ValueError(f"order must be 'official' or 'layerwise', got {order!r}")
         bar.close()
-        seconds = self.init_seconds + time.perf_counter() - start
+        return self._result(log, iteration, self.init_seconds + time.perf_counter() - start, beta, max_ratio, order)
+
+    def merge_partition(self, partition: Mapping[str, Sequence[Sequence[int]]]) -> MergeResult:
+        """Merge each cluster of original channels into one (a partition chosen elsewhere, e.g. by k-means), by
+        the merger's rule: rows summed or count-averaged over the whole cluster. Groups absent from
+        ``partition`` stay as they are. The result's ``beta`` and ``max_ratio`` are NaN (no Eq. 9 was used)."""
+        if self.ran:
+            raise RuntimeError("this IterativeMerger has run already and holds merged weights; build a new one")
+        self.ran = True
+        start = time.perf_counter()
+        log: list[MergeStep] = []
+        for index, state in enumerate(self.states):
+            clusters = partition.get(state.group.name, [])
+            covered = sorted(c for cluster in clusters for c in cluster)
+            if clusters and covered != list(range(state.original_width)):
+                raise ValueError(f"the partition of group {state.group.name!r} must cover channels "
+                                 f"0..{state.original_width - 1} once each")
+            for cluster in clusters:
+                first, *rest = sorted(int(c) for c in cluster)
+                for other in rest:  # the cluster's count grows: each step weighs the new member 1/count
+                    ra, rb = sorted((state.official_rank(first), state.official_rank(other)))
+                    log.append(MergeStep(0, state.group.name, ra, rb, float("nan")))
+                    self.merge(index, first, other)
+        nan = float("nan")
+        return self._result(log, 1, self.init_seconds + time.perf_counter() - start, nan, nan, "partition")
+
+    def _result(self, log: list[MergeStep], iterations: int, seconds: float, beta: float, max_ratio: float,
+                order: str) -> MergeResult:
         return MergeResult(
             state_dict=self.merged_state_dict(),
             widths={s.group.name: s.width for s in self.states},
             original_widths={s.group.name: s.original_width for s in self.states},
             clusters={s.group.name: [s.clusters[k] for k in s.official_slots()] for s in self.states},
-            merge_log=log, iterations=iteration, seconds=seconds,
+            merge_log=log, iterations=iterations, seconds=seconds,
             beta=beta, max_ratio=max_ratio, order=order)
 
     def merged_state_dict(self) -> dict[str, Tensor]:
@@ -458,7 +489,8 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
                               beta: float = 0.1, max_ratio: float = 1.0, order: Order = "official",
                               dtype: torch.dtype = torch.float64,
                               device: torch.device | str | None = None,
-                              progress: bool = False, rule: MergeRule = "official") -> MergeResult:
+                              progress: bool = False, rule: MergeRule = "official",
+                              max_merges: int | None = None) -> MergeResult:
     """Run IFM on ``state_dict``.
 
     Args:
@@ -473,10 +505,11 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
         rule: ``"official"`` (producer rows summed, consumer columns count-weighted: keeps the function of
             exact duplicates through ReLU-like activations) or ``"mean"`` (the dual: rows and per-channel
             parameters count-weighted, columns summed: keeps it through any activation).
+        max_merges: stop after this many merges (the first ones of the run without the cap; ``None``: no cap).
 
     Returns:
         A :class:`MergeResult`.
     """
     check_hyperparameters(beta, max_ratio)  # before the first distance pass, not after it
     merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device, rule=rule)
-    return merger.run(beta, max_ratio, order, progress)
+    return merger.run(beta, max_ratio, order, progress, max_merges)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_RESULTS = "results/self_merge.jsonl"
-METHODS = ("ifm", "l1", "random")
+METHODS = ("ifm", "l1", "random", "kmeans")
 MERGE_RULES = ("official", "mean", "auto")
+BN_CORRECTIONS = ("none", "rows", "weights")
+ALLOCATIONS = ("ifm", "uniform")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class RunSpec:
     download: bool = False  # let torchvision download CIFAR-10
     input_size: tuple[int, ...] | None = None  # (C, H, W) to trace the model with; None: the architecture's
     merge_rule: str = "official"  # or "mean" (rows averaged, columns summed), or "auto": mean when needed
+    bn_correction: str = "none"  # data-free repair of merged channels: "rows" or "weights" (ifm.correction)
+    target_params: float | None = None  # keep at least this % of the parameters (β or max_ratio found for it)
+    allocation: str = "ifm"  # with target_params: "ifm" (bisection over β) or "uniform" (one share for all groups)
+    max_merges: int | None = None  # stop after this many merges (a budget's β allocation sets it)
 
     def __post_init__(self):
         for name in ("stages", "input_size"):
@@ -45,6 +51,10 @@ class RunSpec:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.merge_rule not in MERGE_RULES:
             raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
+        if self.bn_correction not in BN_CORRECTIONS:
+            raise ValueError(f"bn_correction must be one of {BN_CORRECTIONS}, got {self.bn_correction!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
 
     def replace(self, **changes) -> RunSpec:
         return dataclasses.replace(self, **changes)
@@ -59,6 +69,9 @@ class RunSpec:
                 "stages": None if self.stages is None else list(self.stages), "dtype": self.dtype,
                 "bn_mode": self.bn_mode, "recalibrate_bn": self.recalibrate_bn, "merge_rule": self.merge_rule,
                 "seeds": self.seeds if self.method == "random" else None,
+                "bn_correction": self.bn_correction, "target_params": self.target_params,
+                "allocation": self.allocation if self.target_params is not None else None,
+                "max_merges": self.max_merges,
                 "data_root": str(Path(self.data_root).resolve()) if self.evaluates else None}
 
 
@@ -94,7 +107,9 @@ def from_args(args: argparse.Namespace) -> tuple[RunSpec, RunOptions]:
                    method=get("baseline") or "ifm", seeds=get("seeds", 5),
                    data_root=None if args.no_eval else args.data_root, eval_samples=args.eval_samples,
                    download=bool(get("download")), input_size=get("input_size"),
-                   merge_rule=get("merge_rule") or "official")
+                   merge_rule=get("merge_rule") or "official", bn_correction=get("bn_correction") or "none",
+                   target_params=get("target_params"), allocation=get("allocation") or "ifm",
+                   max_merges=get("max_merges"))
     options = RunOptions(results=args.results, save_merged=args.save_merged, overwrite=args.overwrite,
                          device=args.device, batch_size=args.batch_size, workers=args.workers,
                          progress=not args.no_progress)

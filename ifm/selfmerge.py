@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,7 +25,10 @@ from .errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from .device import pick_device
-from .merge import MergeResult, check_hyperparameters, iterative_feature_merging
+from .budget import Budget, check_budget, ifm_budget, params_at_widths, uniform_budget
+from .correction import correct_merged
+from .kmeans import kmeans_partition
+from .merge import IterativeMerger, MergeResult, check_hyperparameters, iterative_feature_merging
 from .metrics import count_flops, count_params
 from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
 from .trace import TracedGraph
@@ -142,7 +146,9 @@ def load_model(spec: RunSpec) -> LoadedModel:
     model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
     graph = arch.trace(state_dict)
     rule, reason = spec.merge_rule, ""
-    if rule == "auto":
+    if spec.method == "kmeans":
+        rule, reason = "mean", "mean: k-means clusters are merged by the mean rule, as Model Folding does"
+    elif rule == "auto":
         activations = graph.activations
         rule = "mean" if activations else "official"
         reason = (f"mean: the model has {', '.join(activations)} between layers it merges" if activations
@@ -210,30 +216,87 @@ class Evaluator:
 
 # --------------------------------------------------------------------------------------- running
 def merge_loaded(loaded: LoadedModel, spec: RunSpec, device: torch.device, progress: bool = False) -> MergeResult:
-    """IFM on the loaded weights with the run's β, max_ratio, order, stages, dtype and BN mode."""
+    """The run's merge: IFM with its β, max_ratio, order, stages, dtype, BN mode and correction (or, for
+    ``method="kmeans"``, Model Folding's k-means clusters at the share ``max_ratio``)."""
     return merge_weights(loaded, spec.beta, max_ratio=spec.max_ratio, order=spec.order, dtype=spec.dtype,
                          bn_mode=spec.bn_mode, stages=spec.stages, device=device, progress=progress,
-                         rule=loaded.merge_rule)
+                         rule=loaded.merge_rule, bn_correction=spec.bn_correction,
+                         clustering="kmeans" if spec.method == "kmeans" else "ifm", max_merges=spec.max_merges)
 
 
 def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, order: str = "official",
                   dtype: str = "float64", bn_mode: str = "official", stages: Sequence[int] | None = None,
-                  device: torch.device | str = "cpu", progress: bool = False, rule: str = "official") -> MergeResult:
+                  device: torch.device | str = "cpu", progress: bool = False, rule: str = "official",
+                  bn_correction: str = "none", clustering: str = "ifm", max_merges: int | None = None) -> MergeResult:
     """IFM on the loaded weights; ``bn_mode="fold"`` folds BN into the convs first (beyond the paper); ``rule``:
-    the official or the mean merge rule."""
-    state_dict = loaded.state_dict
+    the official or the mean merge rule; ``bn_correction``: the data-free repair of merged channels
+    (:mod:`ifm.correction`); ``clustering="kmeans"``: merge k-means clusters of each group (the same share
+    ``max_ratio`` everywhere, :mod:`ifm.kmeans`) instead of IFM's pairs; ``max_merges``: stop IFM after that many
+    merges."""
+    original = state_dict = loaded.state_dict
     graph = loaded.graph or loaded.arch.trace(state_dict)
-    groups = channel_groups(loaded.arch, state_dict, stages, rule=rule, graph=graph)
+    groups = merged_groups = channel_groups(loaded.arch, state_dict, stages, rule=rule, graph=graph)
     fold = bn_mode == "fold"
     if fold:  # each BN's producer and eps, from the graph
-        batch_norms = graph.batch_norms
-        state_dict = beyond.fold_batchnorm(state_dict, batch_norms)
-        groups = beyond.without_bn_statistics(groups, batch_norms)
-    result = iterative_feature_merging(state_dict, groups, beta=beta, max_ratio=max_ratio, order=order,
-                                       dtype=getattr(torch, dtype), device=device, progress=progress, rule=rule)
+        state_dict = beyond.fold_batchnorm(state_dict, graph.batch_norms)
+        merged_groups = beyond.without_bn_statistics(groups, graph.batch_norms)
+    if clustering == "kmeans":
+        partition = kmeans_partition(state_dict, merged_groups, max_ratio)
+        merger = IterativeMerger(state_dict, merged_groups, dtype=getattr(torch, dtype), device=device, rule=rule)
+        result = merger.merge_partition(partition)
+    else:
+        result = iterative_feature_merging(state_dict, merged_groups, beta=beta, max_ratio=max_ratio, order=order,
+                                           dtype=getattr(torch, dtype), device=device, progress=progress, rule=rule,
+                                           max_merges=max_merges)
     if fold:
-        result.state_dict = beyond.reset_identity_bn(result.state_dict, batch_norms)
+        result.state_dict = beyond.reset_identity_bn(result.state_dict, graph.batch_norms)
+    if bn_correction != "none":
+        start = time.perf_counter()
+        result.state_dict = correct_merged(original, result.state_dict, groups, result.clusters, rule,
+                                           graph.batch_norms, bn_correction, folded=fold)
+        result.correction_seconds = time.perf_counter() - start
     return result
+
+
+def parameter_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of ``model``'s parameters (running statistics excluded)."""
+    return [name for name, _ in model.named_parameters()]
+
+
+def resolve_budget(loaded: LoadedModel, spec: RunSpec, device: torch.device) -> tuple[RunSpec, Budget | None]:
+    """``spec`` with the β (``ifm`` allocation) or max_ratio (``uniform``; always for k-means) that keeps at least
+    ``spec.target_params`` % of the parameters; unchanged without a budget."""
+    if spec.target_params is None:
+        return spec, None
+    keys = parameter_keys(loaded.model)
+    if spec.allocation == "uniform" or spec.method == "kmeans":
+        groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
+        found = uniform_budget(loaded.state_dict, keys, groups, spec.target_params)
+        return spec.replace(beta=found.beta, max_ratio=found.max_ratio, allocation="uniform"), found
+    total = sum(loaded.state_dict[k].numel() for k in keys)
+
+    def merge_at(beta: float) -> MergeResult:
+        return merge_weights(loaded, beta, order=spec.order, dtype=spec.dtype, bn_mode=spec.bn_mode,
+                             stages=spec.stages, device=device, rule=loaded.merge_rule)
+
+    def params_pct_at(beta: float) -> float:
+        return 100.0 * sum(merge_at(beta).state_dict[k].numel() for k in keys) / total
+
+    def prefix_pct(beta: float):
+        result = merge_at(beta)
+        groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
+
+        def kept(n: int) -> float:
+            widths = dict(result.original_widths)
+            for step in result.merge_log[:n]:
+                widths[step.group] -= 1
+            return 100.0 * params_at_widths(loaded.state_dict, keys, groups, widths) / total
+        return kept
+    found = ifm_budget(params_pct_at, spec.target_params, prefix_pct=prefix_pct)
+    if found.params_pct > spec.target_params + 5:
+        warnings.warn(f"--target_params {spec.target_params:g}: IFM stops at {found.params_pct:.1f} % of the "
+                      "parameters even at β 0.999 (Eq. 9 stops every group); --allocation uniform goes lower")
+    return spec.replace(beta=found.beta, max_ratio=found.max_ratio, max_merges=found.max_merges), found
 
 
 def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> list[dict]:
@@ -268,6 +331,14 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
         raise IFMError(f"--seeds must be positive, got {spec.seeds}")
     if spec.recalibrate_bn < 0:
         raise IFMError(f"--recalibrate_bn must be 0 or more, got {spec.recalibrate_bn}")
+    check_budget(spec.target_params, spec.allocation)
+    if spec.allocation != "ifm" and spec.target_params is None:
+        raise IFMError(f"--allocation {spec.allocation} applies with --target_params P; give the budget too")
+    if spec.max_merges is not None and spec.max_merges < 0:
+        raise IFMError(f"--max_merges must be 0 or more, got {spec.max_merges}")
+    if spec.method == "kmeans" and spec.target_params is None and spec.max_ratio >= 1.0:
+        raise IFMError("--baseline kmeans merges the same share of every group: give it with --max_ratio below 1 "
+                       "(e.g. 0.5) or --target_params P")
 
 
 def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | None = None,
@@ -279,12 +350,15 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
     if spec.evaluates and evaluator is None:
         evaluator = Evaluator(loaded, spec, options, device)  # fails on a bad data root before any work
     original = loaded.model
+    spec, budget = resolve_budget(loaded, spec, device)
     result = merge_loaded(loaded, spec, device, options.progress)
     merged_states = [result.state_dict]
-    if spec.method != "ifm":
+    if spec.method in ("l1", "random"):
         merged_states = baseline_state_dicts(loaded, spec, result.widths)
     merged = model_for_state_dict(loaded.arch, merged_states[0])
     record = make_record(loaded, spec, result, original, merged, device)
+    if budget is not None:
+        record["budget_probes"] = budget.probes
     if spec.evaluates:
         before = evaluator.baseline(original, Path(options.results).parent / "baseline_cache.jsonl")
         runs = []
@@ -325,7 +399,8 @@ def make_record(loaded: LoadedModel, spec: RunSpec, result: MergeResult, origina
         "params_pct": 100.0 * params_after / params_before,
         "flops_before": flops_before, "flops_after": flops_after, "flops_pct": 100.0 * flops_after / flops_before,
         "acc_before": None, "acc_after": None, "loss_before": None, "loss_after": None,
-        "merge_seconds": result.seconds, "iterations": result.iterations, "device": str(device),
+        "merge_seconds": result.seconds, "correction_seconds": result.correction_seconds,
+        "iterations": result.iterations, "device": str(device),
         "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **({"merge_rule_reason": loaded.rule_reason} if loaded.rule_reason else {}),
     }
@@ -338,7 +413,10 @@ def format_record(record: dict) -> str:
     lines = [f"{record['model']} ({record['dataset']})  beta={record['beta']}  max_ratio={record['max_ratio']}  "
              f"order={record['order']}  method={record['method']}"
              + (f"  merge rule {record.get('merge_rule_reason') or record.get('merge_rule')}"
-                if record.get("merge_rule", "official") != "official" or record.get("merge_rule_reason") else ""),
+                if record.get("merge_rule", "official") != "official" or record.get("merge_rule_reason") else "")
+             + (f"  bn_correction={record['bn_correction']}" if record.get("bn_correction", "none") != "none" else "")
+             + (f"  budget {record['target_params']:g}% ({record['allocation']} allocation)"
+                if record.get("target_params") is not None else ""),
              f"{'':10s}{'before':>16s}{'after':>16s}{'%':>9s}",
              f"{'accuracy':10s}{fmt(record['acc_before'], '16.2f')}{fmt(record['acc_after'], '16.2f')}",
              f"{'loss':10s}{fmt(record['loss_before'], '16.4f')}{fmt(record['loss_after'], '16.4f')}",
@@ -388,8 +466,21 @@ def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
                    help="official: BN statistics summed on merge; fold: BN folded into the convs first")
     p.add_argument("--recalibrate_bn", type=int, default=0, metavar="N",
                    help="after merging, re-estimate BN statistics on N training images (data-dependent)")
-    p.add_argument("--baseline", default=None, choices=["l1", "random"],
-                   help="evaluate channel pruning at IFM's widths instead of the merged model")
+    p.add_argument("--baseline", default=None, choices=["l1", "random", "kmeans"],
+                   help="l1, random: channel pruning at IFM's widths instead of the merged model; kmeans: Model "
+                        "Folding's channels (k-means per group, the same share --max_ratio in every group, merged "
+                        "by the mean rule)")
+    p.add_argument("--bn_correction", default="none", choices=["none", "rows", "weights"],
+                   help="data-free repair of merged channels: store the merged channel's true variance (or, with "
+                        "--bn_mode fold or no BN, rescale it), the members' correlation estimated by the cosine of "
+                        "their producer rows (rows) or of their concatenated weights (weights)")
+    p.add_argument("--target_params", type=float, default=None, metavar="P",
+                   help="keep at least P %% of the parameters: the β (or max_ratio) is found for it")
+    p.add_argument("--max_merges", type=int, default=None, metavar="N",
+                   help="stop IFM after its first N merges (--target_params sets it when no β lands on the budget)")
+    p.add_argument("--allocation", default="ifm", choices=["ifm", "uniform"],
+                   help="with --target_params: ifm, the largest β that keeps the budget; uniform, the same share "
+                        "merged in every group")
     p.add_argument("--seeds", type=int, default=5, help="--baseline random: number of seeds")
     p.add_argument("--merge_rule", default="official", choices=["official", "mean", "auto"],
                    help="official: producer rows (and BN) summed, consumer columns averaged (keeps the function of "

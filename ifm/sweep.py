@@ -24,14 +24,18 @@ except ImportError:  # Windows
 PAPER_BETAS: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.1, 0.12, 0.14, 0.15, 0.18, 0.2)
 OFFICIAL_EXTRA_BETAS: tuple[float, ...] = (0.22, 0.24, 0.25, 0.26, 0.28, 0.3)
 SAME_RUN_FIELDS = ("model", "checkpoint", "checkpoint_digest", "method", "max_ratio", "order", "stages", "dtype",
-                   "eval_samples", "bn_mode", "recalibrate_bn", "seeds", "data_root", "merge_rule")
+                   "eval_samples", "bn_mode", "recalibrate_bn", "seeds", "data_root", "merge_rule", "bn_correction",
+                   "target_params", "allocation", "max_merges")
 #: the value of a field that records written before it existed held implicitly
-FIELD_DEFAULTS = {"merge_rule": "official"}
+FIELD_DEFAULTS = {"merge_rule": "official", "bn_correction": "none"}
 
 
 def run_key(record: dict) -> tuple:
-    """What identifies a run besides β (other fields absent from older records count as None)."""
-    return tuple(str(record.get(f, FIELD_DEFAULTS.get(f))) for f in SAME_RUN_FIELDS)
+    """What identifies a run besides β (other fields absent from older records count as None). A run with a
+    parameter budget is identified by the budget: its β and max_ratio are what the budget chose."""
+    budget = record.get("target_params") is not None
+    return tuple("None" if budget and f in ("max_ratio", "max_merges") else str(record.get(f, FIELD_DEFAULTS.get(f)))
+                 for f in SAME_RUN_FIELDS)
 
 
 def matching_records(results: str, key: tuple) -> dict[float, dict]:

@@ -1,0 +1,124 @@
+"""The accuracy-vs-parameters frontier (``scripts/compare_methods.py``): IFM and its data-free peers at the same
+parameter budgets, one record per (method, budget) appended to one results file (resumable), one CSV, one figure.
+
+Compared, at every budget P (percent of the parameters kept):
+
+* IFM with β allocation (the largest β that keeps P %), and IFM with uniform widths (the same share merged in
+  every group), each without and with the data-free correction (:mod:`ifm.correction`);
+* k-means clusters merged by the mean rule (Model Folding's plain fold), without and with the correction
+  (with it: our analogue of their data-free Fold-AR);
+* L1 and random channel pruning at the uniform widths;
+* BN statistics re-estimated on training images after IFM with uniform widths: a reference that uses data (dotted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .io import read_jsonl, write_csv
+from .plots import plot_frontier
+from .run import RunOptions, RunSpec
+from .selfmerge import Evaluator, load_model, pick_device, run_identity, run_self_merge, validate
+from .sweep import run_key
+
+PAPER_BUDGETS: tuple[float, ...] = (75.0, 56.0, 42.0, 25.0, 12.0, 6.3)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: its label, the run it makes at a budget, and whether it uses data (a reference)."""
+
+    label: str
+    spec: RunSpec
+    uses_data: bool = False
+
+
+def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000) -> list[Method]:
+    """The compared methods, each a variant of ``spec`` (its checkpoint, data and evaluation settings)."""
+    base = spec.replace(method="ifm", bn_mode="official", recalibrate_bn=0, bn_correction="none",
+                        allocation="ifm", merge_rule="official")
+    uniform = base.replace(allocation="uniform")
+    kmeans = uniform.replace(method="kmeans")
+    found = [Method("IFM (β allocation)", base),
+             Method(f"IFM (β allocation) + correction ({estimator})", base.replace(bn_correction=estimator)),
+             Method("IFM (uniform widths)", uniform),
+             Method(f"IFM (uniform widths) + correction ({estimator})", uniform.replace(bn_correction=estimator)),
+             Method("k-means, mean rule (Model Folding's fold)", kmeans),
+             Method(f"k-means + correction ({estimator})", kmeans.replace(bn_correction=estimator)),
+             Method("L1 pruning (uniform widths)", uniform.replace(method="l1")),
+             Method(f"random pruning (uniform widths, {spec.seeds} seeds)", uniform.replace(method="random"))]
+    if recalibrate and spec.evaluates:
+        found.append(Method(f"IFM (uniform) + BN re-estimated on {recalibrate} training images",
+                            uniform.replace(recalibrate_bn=recalibrate), uses_data=True))
+    return found
+
+
+def check_frontier(options: RunOptions, budgets: Sequence[float], compared: Sequence[Method]
+                   ) -> list[tuple[Method, RunSpec]]:
+    """Every (method, budget) run, each validated before the first one starts."""
+    runs = [(m, m.spec.replace(target_params=float(b))) for m in compared for b in budgets]
+    for _, run in runs:
+        validate(run, options)
+    return runs
+
+
+def frontier(spec: RunSpec, options: RunOptions, budgets: Sequence[float], compared: Sequence[Method],
+             log: Callable[[str], None] = print) -> dict[str, list[dict]]:
+    """Run every method at every budget not yet recorded in ``options.results``; the records by method label."""
+    runs = check_frontier(options, budgets, compared)
+    device = pick_device(options.device)
+    evaluator, curves = None, {}
+    loaded_by_rule = {}
+    for method, run in runs:
+        key = "kmeans" if run.method == "kmeans" else run.merge_rule
+        if key not in loaded_by_rule:
+            loaded_by_rule[key] = load_model(run)
+        loaded = loaded_by_rule[key]
+        if run.evaluates and evaluator is None:
+            evaluator = Evaluator(loaded, run, options, device)
+        identity = run_key(run_identity(run, loaded, evaluator))
+        done = [r for r in read_jsonl(options.results) if run_key(r) == identity]
+        if done:
+            record = done[-1]
+            log(f"{method.label} @ {run.target_params:g} %: already in {options.results}, skipped")
+        else:
+            record = run_self_merge(run, options, loaded=loaded, evaluator=evaluator)
+            acc = "-" if record["acc_after"] is None else f"{record['acc_after']:.2f} %"
+            log(f"{method.label} @ {run.target_params:g} %: params {record['params_pct']:.2f} %, accuracy {acc}")
+        curves.setdefault(method.label, []).append(record)
+    return curves
+
+
+FIELDS = ("method", "target_params", "params_pct", "acc_after", "acc_after_std", "beta", "max_ratio",
+          "n_merges", "merge_seconds", "correction_seconds", "acc_before", "uses_data")
+
+
+def write_frontier(curves: dict[str, list[dict]], compared: Sequence[Method], out: str | Path, title: str
+                   ) -> tuple[Path, Path]:
+    """``frontier.csv`` (one row per method and budget) and ``frontier.png`` in ``out``."""
+    data = {m.label for m in compared if m.uses_data}
+    rows = [[label, *(r.get(f) for f in FIELDS[1:-1]), label in data]
+            for label, records in curves.items() for r in records]
+    out = Path(out)
+    table = write_csv(out / "frontier.csv", FIELDS, rows)
+    figure = plot_frontier(curves, out / "frontier.png", title=title, dotted=data)
+    return table, figure
+
+
+def format_frontier(curves: dict[str, list[dict]], budgets: Sequence[float]) -> str:
+    """Accuracy (and params %) per method and budget, as a Markdown table."""
+    head = "| method | " + " | ".join(f"{b:g} %" for b in budgets) + " |"
+    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    for label, records in curves.items():
+        by_budget = {r["target_params"]: r for r in records}
+        cells = []
+        for b in budgets:
+            r = by_budget.get(float(b))
+            if r is None or r.get("acc_after") is None:
+                cells.append("–")
+                continue
+            spread = f" ± {r['acc_after_std']:.1f}" if r.get("acc_after_std") is not None else ""
+            cells.append(f"{r['acc_after']:.2f}{spread} ({r['params_pct']:.1f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Benchmark: the data-free correction's cost against the merge it repairs (goal: under 5 % of the merge time).
+
+For each case (the shared VGG11, or a random-init paper VGG16 without ``--vgg11``; every layer merged by the same
+share ``--ratios``, β 0.999), it prints the merge time, the correction time for each estimator, and their ratio;
+each the best of ``--repeats`` runs.
+
+    python scripts/bench_correction.py --vgg11 ../shared/checkpoints/vgg11_cifar10_s0.pt
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+from ifm.run import RunSpec  # noqa: E402
+from ifm.selfmerge import load_model, merge_weights  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vgg11", default=None, help="a trained CIFAR VGG11 checkpoint (else a random VGG16)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.vgg11:
+        spec = RunSpec(arch="VGG11", model_param=args.vgg11)
+    else:
+        torch.manual_seed(0)
+        path = Path(tempfile.mkdtemp()) / "vgg16.pt"
+        torch.save(models.create_model("VGG16").state_dict(), path)
+        spec = RunSpec(arch="VGG16", model_param=str(path))
+    loaded = load_model(spec)
+    print(f"{spec.arch}: {'ratio':>5} {'rule':>8} {'estimator':>9} {'merge s':>8} {'correction s':>12} {'ratio %':>8}")
+    for ratio in args.ratios:
+        for rule in ("official", "mean"):
+            for estimator in ("rows", "weights"):
+                runs = [merge_weights(loaded, 0.999, max_ratio=ratio, rule=rule, bn_correction=estimator)
+                        for _ in range(args.repeats)]
+                merge = min(r.seconds for r in runs)
+                correction = min(r.correction_seconds for r in runs)
+                print(f"{'':6s} {ratio:>5g} {rule:>8} {estimator:>9} {merge:>8.3f} {correction:>12.3f} "
+                      f"{100 * correction / merge:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
