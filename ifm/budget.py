@@ -58,8 +58,9 @@ def uniform_budget(state_dict: Mapping[str, Tensor], parameter_keys: Sequence[st
         return 100.0 * params_at_widths(state_dict, parameter_keys, groups, uniform_widths(groups, ratio)) / total
 
     lo, hi = 0.0, 1.0  # pct(lo) >= target (nothing merged); find the largest ratio still above it
-    if pct(hi) >= target_pct:
-        return Budget(UNIFORM_BETA, 1.0, pct(hi), 1)
+    at_hi = pct(hi)
+    if at_hi >= target_pct:
+        return Budget(UNIFORM_BETA, 1.0, at_hi, 1)
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if pct(mid) >= target_pct else (lo, mid)

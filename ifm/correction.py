@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .groups import ChannelGroup, parse_segment_key, split_segments
+from .groups import ChannelGroup, channel_slices, parse_segment_key, split_segments
 
 Tensor = torch.Tensor
 ESTIMATORS: tuple[str, ...] = ("none", "rows", "weights")
@@ -64,9 +64,8 @@ def _consumer_columns(state_dict: Mapping[str, Tensor], group: ChannelGroup, idx
     out = []
     for m in group.members:
         w = views[m.key]
-        if m.axis == 1 and w.ndim >= 2:
-            cols = w.detach().reshape(w.shape[0], group.width, -1)[:, idx]
-            out.append(cols.transpose(0, 1).reshape(len(idx), -1).float().numpy())  # (cosines: float32 is plenty)
+        if m.axis == 1 and w.ndim >= 2:  # (cosines: float32 is plenty)
+            out.append(channel_slices(w.detach(), 1, group.width, idx).float().numpy())
     return out
 
 

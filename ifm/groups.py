@@ -88,6 +88,17 @@ def split_segments(state_dict: Mapping[str, Tensor], groups: Iterable[ChannelGro
     return out
 
 
+def channel_slices(tensor: Tensor, axis: int, width: int, channels: Tensor | None = None) -> Tensor:
+    """``(len(channels), rest)``: each channel's slice of ``tensor`` along ``axis`` (0: its rows; 1: its columns, a
+    row per channel), for ``channels`` (default all ``width``)."""
+    if axis == 0:
+        rows = tensor.reshape(width, -1)
+        return rows if channels is None else rows[channels]
+    cols = tensor.reshape(tensor.shape[0], width, -1)
+    cols = cols if channels is None else cols[:, channels]
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+
 def join_segments(merged: Mapping[str, Tensor], original: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Put the (merged) segments of every split tensor back together along their axis, in ``original``'s key order;
     parts of the axis no segment covers are taken from ``original`` unchanged."""

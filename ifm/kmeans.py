@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .groups import ChannelGroup, split_segments
+from .groups import ChannelGroup, channel_slices, split_segments
 
 Tensor = torch.Tensor
 RUNNING_STATS = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -31,11 +31,7 @@ def weight_vectors(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> np.
     for m in group.members:
         if m.key.endswith(RUNNING_STATS):
             continue
-        w = views[m.key].detach().double()
-        if m.axis == 0:
-            parts.append(w.reshape(group.width, -1).numpy())
-        else:
-            parts.append(w.reshape(w.shape[0], group.width, -1).transpose(0, 1).reshape(group.width, -1).numpy())
+        parts.append(channel_slices(views[m.key].detach().double(), m.axis, group.width).numpy())
     return np.concatenate(parts, axis=1)
 
 

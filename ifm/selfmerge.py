@@ -274,16 +274,19 @@ def resolve_budget(loaded: LoadedModel, spec: RunSpec, device: torch.device) -> 
         found = uniform_budget(loaded.state_dict, keys, groups, spec.target_params)
         return spec.replace(beta=found.beta, max_ratio=found.max_ratio, allocation="uniform"), found
     total = sum(loaded.state_dict[k].numel() for k in keys)
-
-    def merge_at(beta: float) -> MergeResult:
-        return merge_weights(loaded, beta, order=spec.order, dtype=spec.dtype, bn_mode=spec.bn_mode,
-                             stages=spec.stages, device=device, rule=loaded.merge_rule)
+    below: dict[float, MergeResult] = {}  # the latest probe under the budget: the bisection's upper β
 
     def params_pct_at(beta: float) -> float:
-        return 100.0 * sum(merge_at(beta).state_dict[k].numel() for k in keys) / total
+        result = merge_weights(loaded, beta, order=spec.order, dtype=spec.dtype, bn_mode=spec.bn_mode,
+                               stages=spec.stages, device=device, rule=loaded.merge_rule)
+        pct = 100.0 * sum(result.state_dict[k].numel() for k in keys) / total
+        if pct < spec.target_params:
+            below.clear()
+            below[beta] = result
+        return pct
 
     def prefix_pct(beta: float):
-        result = merge_at(beta)
+        result = below[beta]
         groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
 
         def kept(n: int) -> float:
