@@ -12,11 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ifm.cli import cli_main
-from ifm.config import load_config, resume_config
+from ifm.experiments.cli import cli_main
+from ifm.experiments.config import load_config, resume_config
 from ifm.device import configure_threads
 from ifm.errors import IFMError
-from ifm.train import init_distributed, run_directory, train_from_config
+from ifm.experiments.train import init_distributed, run_directory, train_from_config
 
 
 def main(argv=None) -> int:

@@ -1,14 +1,16 @@
 """Iterative Feature Merging (IFM): data-free measurement of layer-wise feature complexity.
 
-Names are imported on first use, so that ``import ifm.config`` or ``ifm.train`` (training processes) do not
-load the compiled merge kernels (Numba).
+The method lives in this package; the experiment harness (runs, sweeps, training, figures, reproduction) in
+:mod:`ifm.experiments`. Names are imported on first use, so that training processes (``ifm.experiments.train``)
+do not load the compiled merge kernels (Numba).
 """
 from __future__ import annotations
 
 from importlib import import_module
 
 _HOMES = {
-    "ARCHITECTURES": "archs", "channel_groups": "archs", "get_architecture": "archs", "model_for_state_dict": "archs",
+    "ARCHITECTURES": "architectures", "get_architecture": "architectures", "model_for_state_dict": "architectures",
+    "channel_groups": "discovery", "check_groups": "discovery", "describe_groups": "discovery",
     "IFMError": "errors",
     "ChannelGroup": "groups", "LayerSpaces": "groups", "Member": "groups", "build_groups": "groups",
     "chain_spaces": "groups", "resnet_spaces": "groups",

@@ -346,7 +346,7 @@ class IterativeMerger:
         self.ran = True
         start = time.perf_counter()
         log: list[MergeStep] = []
-        bar = _progress_bar(progress, sum(s.original_width for s in self.states))
+        bar = _progress_bar(progress, max_merges)  # (Eq. 9 stops earlier than any bound known in advance)
         iteration = 0
         cap = float("inf") if max_merges is None else max_merges
         if order == "official":
@@ -469,7 +469,8 @@ class _NullBar:
         pass
 
 
-def _progress_bar(enabled: bool, total: int):
+def _progress_bar(enabled: bool, total: int | None):
+    """A merge counter; with a total only when one is known (``max_merges``), so that no ETA misleads."""
     if not enabled:
         return _NullBar()
     from tqdm.auto import tqdm

@@ -178,6 +178,15 @@ class TracedGraph:
             return ("weight", "bias", "running_mean", "running_var")
         return ("weight",) if kind == "depthwise" else ()
 
+    def producers(self, rule: str = "official") -> dict[int, list[str]]:
+        """Every space ``rule`` may merge (by its root) with the conv/linear layers producing it, in execution
+        order."""
+        found: dict[int, list[str]] = {}
+        for prefix, (_, out) in self.space_map(rule).items():
+            if out is not None and self.layers[prefix][2] in ("conv", "linear"):
+                found.setdefault(out, []).append(prefix)
+        return found
+
     def space_map(self, rule: str = "official") -> dict[str, tuple[Any, Any]]:
         """``prefix -> (in root, out root)`` with spaces frozen under ``rule`` as None; a layer reading a
         concatenation has a tuple of ``(root, start, stop)`` segments instead of one root."""
@@ -270,7 +279,7 @@ class _Recorder(TorchFunctionMode):
             if name in NON_HOMOGENEOUS:
                 for sid in np.unique(acts[0][1].space):
                     space = self.spaces[int(sid)]
-                    space.activation = space.activation or name.rstrip("_")
+                    space.activation = space.activation or _activation_name(name, args, kwargs)
             self.set_labels(out, passed)
         elif len(acts) == 1 and not params and name in ("flatten", "view", "reshape") and acts[0][1].dim == 1 \
                 and self.flattens(acts[0][0], out):
@@ -444,6 +453,14 @@ def _root(parent: list[int], space: int) -> int:
     return space
 
 
+def _activation_name(name: str, args, kwargs) -> str:
+    """What users call the activation ``name`` (``F.relu6`` runs as ``hardtanh(x, 0, 6)``: named ReLU6)."""
+    name = name.rstrip("_")
+    if name == "hardtanh" and (_arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)) == (0, 6):
+        return "ReLU6"
+    return name
+
+
 def _arg(args, kwargs, position: int, name: str, default):
     if name in kwargs:
         return kwargs[name]
@@ -504,11 +521,8 @@ def traced_layer_spaces(graph: TracedGraph, name: Callable[[list[str]], str] | N
     """The space map of a traced graph for merge ``rule``. Each merged space is named by ``name(producers)`` (its
     producing layers in execution order; default: the first one) and merged only if ``keep(producers)``."""
     space_map = graph.space_map(rule)
-    producers: dict[int, list[str]] = {}
-    for prefix, (_, out) in space_map.items():
-        if out is not None and graph.layers[prefix][2] in ("conv", "linear"):
-            producers.setdefault(out, []).append(prefix)
-    names = {root: (name or (lambda ps: ps[0]))(ps) for root, ps in producers.items() if keep is None or keep(ps)}
+    names = {root: (name or (lambda ps: ps[0]))(ps) for root, ps in graph.producers(rule).items()
+             if keep is None or keep(ps)}
 
     def label(root):
         if isinstance(root, tuple):

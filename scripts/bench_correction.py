@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
-from ifm.run import RunSpec  # noqa: E402
-from ifm.selfmerge import load_model, merge_weights  # noqa: E402
+from ifm.experiments.run import RunSpec  # noqa: E402
+from ifm.experiments.selfmerge import load_model, merge_weights  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 from ifm import IterativeMerger, channel_groups, iterative_feature_merging  # noqa: E402
 from ifm.blas import syrk_upper  # noqa: E402
-from ifm.io import load_state_dict_file  # noqa: E402
-from ifm.synthetic import near_duplicate_state_dict  # noqa: E402
+from ifm.experiments.io import load_state_dict_file  # noqa: E402
+from ifm.experiments.synthetic import near_duplicate_state_dict  # noqa: E402
 from tests.naive_reference import NaiveDeadline, naive_distance, naive_ifm  # noqa: E402
 
 
@@ -106,7 +106,7 @@ COLD = """
 import sys, time
 sys.path.insert(0, {root!r})
 from ifm import channel_groups, iterative_feature_merging
-from ifm.synthetic import near_duplicate_state_dict
+from ifm.experiments.synthetic import near_duplicate_state_dict
 sd = near_duplicate_state_dict("VGG16", 0, {prototypes})
 groups = channel_groups("VGG16", sd)
 start = time.perf_counter()

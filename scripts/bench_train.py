@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 from ifm.device import pick_device  # noqa: E402
 from ifm.metrics import count_flops  # noqa: E402
-from ifm.train import TrainStep, augment  # noqa: E402
+from ifm.experiments.train import TrainStep, augment  # noqa: E402
 
 MODES = {"fp32": {}, "bf16": dict(amp=True, channels_last=True),
          "fast": dict(amp=True, channels_last=True, cuda_graph=True),

@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ifm.cli import cli_main  # noqa: E402
-from ifm.compare import PAPER_BUDGETS, check_frontier, format_frontier, frontier, methods, write_frontier  # noqa: E402
+from ifm.experiments.cli import cli_main  # noqa: E402
+from ifm.experiments.compare import PAPER_BUDGETS, check_frontier, format_frontier, frontier, methods, write_frontier  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
-from ifm.io import atomic_write, writable_location  # noqa: E402
-from ifm.run import from_args  # noqa: E402
-from ifm.selfmerge import merge_argument_parser  # noqa: E402
+from ifm.experiments.io import atomic_write, writable_location  # noqa: E402
+from ifm.experiments.run import from_args  # noqa: E402
+from ifm.experiments.selfmerge import merge_argument_parser  # noqa: E402
 
 
 def main(argv=None) -> int:

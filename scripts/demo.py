@@ -14,13 +14,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ifm import data as datasets  # noqa: E402
-from ifm.config import load_config  # noqa: E402
-from ifm.cli import cli_main  # noqa: E402
-from ifm.plots import plot_accuracy_vs_params  # noqa: E402
-from ifm.run import RunOptions, RunSpec  # noqa: E402
-from ifm.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
-from ifm.train import train_from_config  # noqa: E402
+from ifm.experiments import data as datasets  # noqa: E402
+from ifm.experiments.config import load_config  # noqa: E402
+from ifm.experiments.cli import cli_main  # noqa: E402
+from ifm.experiments.plots import plot_accuracy_vs_params  # noqa: E402
+from ifm.experiments.run import RunOptions, RunSpec  # noqa: E402
+from ifm.experiments.sweep import format_sweep_table, parse_betas, sweep  # noqa: E402
+from ifm.experiments.train import train_from_config  # noqa: E402
 
 DEMO_BETAS = ["0.01", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"]
 

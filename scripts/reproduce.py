@@ -8,6 +8,8 @@
     python scripts/reproduce.py table2 --device cpu
     python scripts/reproduce.py guided --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --layer features.24
     python scripts/reproduce.py equivalence --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --betas 0.1 0.2
+    python scripts/reproduce.py diagnose --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --out diag
+    python scripts/reproduce.py controls --run base repro_s0 "baseline" --run s1 repro_s1 "seed 1" --seed_run s1 --out c
 """
 from __future__ import annotations
 
@@ -19,17 +21,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ifm import figures  # noqa: E402
-from ifm import data as datasets  # noqa: E402
-from ifm.archs import channel_groups, get_architecture, model_for_state_dict  # noqa: E402
-from ifm.cli import cli_main  # noqa: E402
+from ifm.experiments import figures  # noqa: E402
+from ifm.experiments import data as datasets  # noqa: E402
+from ifm import channel_groups, get_architecture, model_for_state_dict  # noqa: E402
+from ifm.experiments.cli import cli_main  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
-from ifm.io import load_state_dict_file, read_jsonl, write_csv, write_json  # noqa: E402
+from ifm.experiments.io import load_state_dict_file, read_jsonl, writable_folder, write_csv, write_json  # noqa: E402
 from ifm.merge import iterative_feature_merging  # noqa: E402
-from ifm.plots import plot_accuracy_vs_params  # noqa: E402
-from ifm.run import RunOptions, RunSpec  # noqa: E402
-from ifm.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
-from ifm.synthetic import near_duplicate_state_dict  # noqa: E402
+from ifm.experiments.plots import plot_accuracy_vs_params  # noqa: E402
+from ifm.experiments.run import RunOptions, RunSpec  # noqa: E402
+from ifm.experiments.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
+from ifm.experiments.synthetic import near_duplicate_state_dict  # noqa: E402
 
 
 def _curves(results: str) -> dict[str, list[dict]]:
@@ -236,6 +238,9 @@ def cmd_guided(args) -> None:
         shown = ", ".join(map(str, cluster[:6])) + (", ..." if len(cluster) > 6 else "")
         return f"{args.layer} β={args.beta:g}\n{len(cluster)} features\n[{shown}]"
     maps = [(row_label(c), figures.guided_backprop(model, layer, c, images)) for c in clusters]
+    control = torch.randperm(group.width, generator=torch.Generator().manual_seed(0))[:len(clusters[0])].tolist()
+    maps.append((f"{args.layer}\n{len(control)} random\nfeatures (control)",
+                 figures.guided_backprop(model, layer, control, images)))
     print(f"{args.layer}: {len(result.clusters[group.name])} merged features; groups shown: "
           + "; ".join(str(c[:8]) + ("..." if len(c) > 8 else "") for c in clusters))
     path = figures.plot_guided_grid(images, maps, Path(args.out) / "guided_backprop.png",
@@ -243,15 +248,16 @@ def cmd_guided(args) -> None:
                                           + (f" (class {args.image_class})" if args.image_class else ""))
     write_json(path.with_suffix(".json"), {"arch": arch, "checkpoint": args.model_param, "layer": args.layer,
                                            "hooked": layer, "beta": args.beta, "class": args.image_class,
-                                           "image_indices": idx.tolist(), "clusters": clusters})
+                                           "image_indices": idx.tolist(), "clusters": clusters,
+                                           "control": control})
     print(f"figure: {path} (and {path.with_suffix('.json')})")
 
 
 def cmd_equivalence(args) -> None:
     from dataclasses import asdict
 
-    from ifm.equivalence import measure_equivalence, plot_equivalence
-    from ifm.selfmerge import merge_weights
+    from ifm.experiments.equivalence import measure_equivalence, plot_equivalence
+    from ifm.experiments.selfmerge import merge_weights
     loaded, evaluator = _loaded_and_evaluator(args)
     if loaded.arch.dataset != "cifar10":
         raise IFMError("the equivalence measurement runs on CIFAR VGGs; use --arch VGG11/13/16/19")
@@ -282,6 +288,50 @@ def cmd_equivalence(args) -> None:
                             title=f"{loaded.arch.name} ({Path(args.model_param).name}) vs IFM-merged, BN {args.bn_mode}"
                                   f" ({subset})")
     print(f"figure: {path} (numbers: {csv})")
+
+
+def cmd_diagnose(args) -> None:
+    from ifm.experiments.diagnose import count_never_positive, diagnose_groups, format_diagnosis, write_diagnosis
+    from ifm.experiments.evaluate import tensor_batches
+    loaded = load_model(RunSpec(arch=args.arch, model_param=args.model_param))
+    stages = args.stages or ((1, 2, 3, 4) if loaded.arch.is_resnet else None)
+    groups = channel_groups(loaded.arch, loaded.state_dict, stages)
+    never_positive = None
+    if args.data_root:
+        if loaded.arch.dataset != "cifar10":
+            raise IFMError(f"diagnose reads training images of CIFAR-10 models only; leave out --data_root for {args.arch}")
+        train = datasets.load_cifar10(args.data_root, "train", progress=not args.no_progress)
+        images = train.subset(datasets.spread_indices(len(train), args.images))
+        mean, std = loaded.normalize or (None, None)
+        batches = (x for x, _ in tensor_batches(images, 250, torch.device("cpu"), mean, std))
+        never_positive = count_never_positive(loaded.model, groups, batches)
+    rows = diagnose_groups(loaded.state_dict, groups, never_positive)
+    print(format_diagnosis(rows))
+    title = f"{loaded.arch.name}, {Path(args.model_param).name}" + (f": dead on {args.images} training images"
+                                                                    if args.data_root else "")
+    written = write_diagnosis(rows, args.out, title)
+    print("written: " + ", ".join(str(p) for p in written.values()))
+
+
+def _diagnose_checkpoint(arch: str, checkpoint: Path, data_root: str | None, out: Path, no_progress: bool) -> None:
+    cmd_diagnose(argparse.Namespace(arch=arch, model_param=str(checkpoint), data_root=data_root, images=1000,
+                                    stages=None, out=str(out), no_progress=no_progress))
+
+
+def cmd_controls(args) -> None:
+    from ifm.experiments.controls import ControlRun, measure, write_controls
+    runs = [ControlRun(name, changed, Path(folder)) for name, folder, changed in args.run]
+    for run in runs:
+        diagnosis = run.folder / "diagnose" / args.model
+        finals = sorted((run.folder / "checkpoints" / args.model / "params").glob("model_epoch*.pt"),
+                        key=lambda p: int(p.stem[len("model_epoch"):]))
+        if not (diagnosis / "diagnose.json").exists() and finals:
+            print(f"diagnose {run.name}: {finals[-1]}")
+            _diagnose_checkpoint(args.model, finals[-1], args.data_root, diagnosis, args.no_progress)
+    measured = [measure(run, args.model) for run in runs]
+    written = write_controls(measured, args.out, args.model, args.seed_run)
+    print((Path(args.out) / "summary.md").read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
 
 
 def _activation_after(model: torch.nn.Module, conv: str) -> str:
@@ -351,8 +401,26 @@ def main(argv=None) -> int:
     p.add_argument("--train_samples", type=int, default=2000, help="training images to fit the stitching maps")
     p.add_argument("--bn_mode", default="official", choices=["official", "fold"])
     p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC) instead of the plain one")
+    p = add("diagnose", cmd_diagnose, "per layer: closest channels (normalised Eq. 6), dead channels, norm spread",
+            model=True)
+    p.add_argument("--data_root", default=None, help="count channels never positive on training images (CIFAR-10)")
+    p.add_argument("--images", type=int, default=1000, help="training images for the dead-channel count")
+    p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNets: stages to diagnose (default all)")
+    p.add_argument("--no_progress", action="store_true")
+    p = add("controls", cmd_controls, "compare reproductions that differ in one setting (precision, augmentation, "
+            "seed): what moves IFM's result")
+    p.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "FOLDER", "CHANGED"),
+                   help="a reproduce_cifar10.py --out folder and what it changes; the first is the baseline")
+    p.add_argument("--model", default="VGG11")
+    p.add_argument("--seed_run", default=None, help="the run that changes only the seed: the noise level")
+    p.add_argument("--data_root", default=None, help="also count channels never positive on training images")
+    p.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
-    return cli_main(lambda: args.fn(args))
+
+    def run() -> None:
+        writable_folder(args.out, "--out")  # before any work
+        args.fn(args)
+    return cli_main(run)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ifm.cli import cli_main  # noqa: E402
+from ifm.experiments.cli import cli_main  # noqa: E402
+from ifm.experiments.io import writable_folder  # noqa: E402
 from ifm.device import configure_threads  # noqa: E402
-from ifm.reproduction import DEFAULT_MODELS, KNOWN_MODELS, PROFILES, ReproductionSettings, reproduce  # noqa: E402
+from ifm.experiments.reproduction import (DEFAULT_MODELS, KNOWN_MODELS, PROFILES, SWEEP_MODES,  # noqa: E402
+                                          ReproductionSettings, reproduce)
 
 
 def main(argv=None) -> int:
@@ -35,15 +37,23 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="paper", choices=sorted(PROFILES))
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    parser.add_argument("--bn_modes", nargs="+", default=["official", "fold"], choices=["official", "fold"],
-                        help="sweep with the official BN merge (summed statistics) and/or BN folded first")
+    parser.add_argument("--bn_modes", nargs="+", default=["official", "fold"], choices=list(SWEEP_MODES),
+                        help="sweep with the official BN merge (summed statistics), BN folded first, and/or the "
+                             "official merge with the data-free BN repair (repaired: --bn_correction weights)")
+    parser.add_argument("--augment", nargs="+", default=["crop", "flip"], choices=["crop", "flip"],
+                        help="training augmentation: the official code crops and flips; the paper names the flip")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     configure_threads()
     settings = ReproductionSettings(args.profile, tuple(args.models), args.data_root, args.out, args.device,
-                                    args.precision, args.seed, not args.no_progress, tuple(args.bn_modes))
-    return cli_main(lambda: reproduce(settings))
+                                    args.precision, args.seed, not args.no_progress, tuple(args.bn_modes),
+                                    tuple(args.augment))
+
+    def run() -> None:
+        writable_folder(args.out, "--out")  # before any training
+        reproduce(settings)
+    return cli_main(run)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from PIL import Image
 
 import models
 from ifm import channel_groups
-from ifm.synthetic import copy_channel
+from ifm.experiments.synthetic import copy_channel
 
 
 def make_image_folder(root: Path, splits: dict[str, int], size: int = 32, classes: int = 10, seed: int = 0) -> Path:
@@ -69,7 +69,8 @@ SLOW = ("test_matches_naive_official_algorithm[tv_", "test_matches_naive_officia
         "test_smoke_profile", "test_an_interrupted_training", "test_two_concurrent_sweeps",
         "test_mean_rule_matches_the_naive_algorithm[tv_", "test_torchvision_cnns_trace_and_their_groups_keep_the_function[wide",
         "test_torchvision_cnns_trace_and_their_groups_keep_the_function[convnext",
-        "test_torchvision_cnns_trace_and_their_groups_keep_the_function[resnext")
+        "test_torchvision_cnns_trace_and_their_groups_keep_the_function[resnext",
+        "test_every_offline_command_runs_on_smoke_data", "test_stages_1_to_4_merge_every_stage")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ifm.config import load_config
-from ifm.train import Trainer, init_distributed
+from ifm.experiments.config import load_config
+from ifm.experiments.train import Trainer, init_distributed
 
 if __name__ == "__main__":
     cfg, out, *overrides = sys.argv[1:]

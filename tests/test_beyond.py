@@ -6,9 +6,9 @@ import models
 from ifm import channel_groups, iterative_feature_merging, model_for_state_dict
 from ifm.beyond import (channel_scores, fold_batchnorm, prune_to_widths, recalibrate_bn, reset_identity_bn,
                         without_bn_statistics)
-from ifm.io import read_jsonl
-from ifm.selfmerge import cli
-from ifm.synthetic import copy_channel
+from ifm.experiments.io import read_jsonl
+from ifm.experiments.selfmerge import cli
+from ifm.experiments.synthetic import copy_channel
 from tests.helpers import randomize_bn
 
 

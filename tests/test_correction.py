@@ -11,14 +11,14 @@ from torch import nn
 
 import models
 from ifm import channel_groups
-from ifm.archs import model_for_state_dict
+from ifm.architectures import model_for_state_dict
 from ifm.budget import params_at_widths, uniform_widths
 from ifm.correction import correct_merged
 from ifm.kmeans import kept_width, kmeans_clusters, kmeans_partition
 from ifm.merge import IterativeMerger
-from ifm.run import RunOptions, RunSpec
-from ifm.selfmerge import cli, load_model, merge_weights, parameter_keys, run_self_merge
-from ifm.synthetic import copy_channel
+from ifm.experiments.run import RunOptions, RunSpec
+from ifm.experiments.selfmerge import cli, load_model, merge_weights, parameter_keys, run_self_merge
+from ifm.experiments.synthetic import copy_channel
 from ifm.trace import trace_spaces
 from tests.helpers import randomize_bn
 

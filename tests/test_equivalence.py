@@ -7,11 +7,11 @@ import torch
 
 import models
 from ifm import channel_groups
-from ifm.data import load_cifar10
-from ifm.equivalence import (LinearCKA, cluster_correlation, linear_cka, measure_equivalence,
+from ifm.experiments.data import load_cifar10
+from ifm.experiments.equivalence import (LinearCKA, cluster_correlation, linear_cka, measure_equivalence,
                              random_pair_correlation)
 from ifm.errors import IFMError
-from ifm.synthetic import copy_channel
+from ifm.experiments.synthetic import copy_channel
 
 
 def naive_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> float:
@@ -92,8 +92,8 @@ def test_stitching_a_model_to_itself_gives_its_own_accuracy(cifar_root):
 def test_merging_exact_duplicates_with_folded_bn_is_equivalent_everywhere(cifar_root, tmp_path):
     """Every channel duplicated once: IFM (BN folded) merges every pair, and the merged model computes the
     same function, so CKA is 1 at every layer and every stitch keeps the original accuracy."""
-    from ifm.archs import get_architecture, model_for_state_dict
-    from ifm.selfmerge import LoadedModel, merge_weights
+    from ifm.architectures import get_architecture, model_for_state_dict
+    from ifm.experiments.selfmerge import LoadedModel, merge_weights
     torch.manual_seed(0)
     sd = models.create_model("VGG11", width=0.125).state_dict()
     gen = torch.Generator().manual_seed(0)
@@ -141,7 +141,7 @@ def test_equivalence_command_end_to_end(tiny_checkpoints, cifar_root, tmp_path, 
 
 
 def test_non_vgg_models_are_refused():
-    from ifm.equivalence import vgg_boundaries
+    from ifm.experiments.equivalence import vgg_boundaries
     model = models.create_model("ResNet18", width=0.125)
     with pytest.raises(IFMError, match="CIFAR VGGs"):
         vgg_boundaries(model, channel_groups("ResNet18", model.state_dict()))

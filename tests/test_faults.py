@@ -26,6 +26,7 @@ RESNET_IMAGENET = str(ROOT / "resnet_imagenet_self_merge.py")
 SWEEP = str(ROOT / "scripts" / "sweep.py")
 REPRODUCE = str(ROOT / "scripts" / "reproduce.py")
 COMPARE = str(ROOT / "scripts" / "compare_methods.py")
+REPRODUCE_CIFAR10 = str(ROOT / "scripts" / "reproduce_cifar10.py")
 ANY = str(ROOT / "scripts" / "self_merge.py")
 TRAIN = str(ROOT / "train_model.py")
 VGG11_CFG = str(ROOT / "cfg" / "vgg11_training.yml")
@@ -92,6 +93,17 @@ def _unwritable_results(w: Work) -> list[str]:
     return _vgg("--no_eval", "--results", "vgg.pt/r.jsonl")  # a file where the folder should be
 
 
+def _numpy_file(w: Work) -> list[str]:
+    import numpy as np
+    np.save(w.dir / "x.npy", np.zeros(3))
+    return _vgg("--no_eval", "--model_param", "x.npy")
+
+
+def _cache_is_a_folder(w: Work) -> list[str]:
+    (w.dir / "out" / "baseline_cache.jsonl").mkdir(parents=True)
+    return _eval("--results", "out/r.jsonl")
+
+
 def _torn_results(w: Work) -> list[str]:
     (w.dir / "r.jsonl").write_text('[1, 2]\n"x"\n{"beta": 0.3, "acc')  # not objects, then a torn line
     return [SWEEP, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--no_eval", "--no_progress", "--results",
@@ -103,7 +115,11 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
     # checkpoints
     "missing checkpoint": (lambda w: _vgg("--no_eval", "--model_param", "nope.pt"), "checkpoint not found"),
     "0-byte checkpoint": (lambda w: (w.dir / "e.pt").touch() or _vgg("--no_eval", "--model_param", "e.pt"),
-                          "empty file"),
+                          "the file is empty"),
+    "a NumPy file as checkpoint": (_numpy_file, "x.npy is not a torch.save'd state dict (it holds pickled"),
+    "a folder as --model_param": (lambda w: _vgg("--no_eval", "--model_param", "cifar"), "checkpoint cifar is a folder"),
+    "a failed run in a new results folder": (lambda w: _vgg("--no_eval", "--model_param", "nope.pt", "--results",
+                                                            "new/r.jsonl"), "checkpoint not found"),
     "inf weight": (_inf_weight, "non-finite"),
     "state dict without its classifier": (_no_matrix, "missing ['classifier"),
     "VGG11 weights as VGG16": (lambda w: _vgg("--no_eval", "--vgg_name", "VGG16"), "do not fit VGG16"),
@@ -119,6 +135,10 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
                               "r.jsonl"], "stages"),
     "--workers -1": (lambda w: _eval("--workers", "-1"), "--workers"),
     "--batch_size 0": (lambda w: _eval("--batch_size", "0"), "--batch_size"),
+    "sweep --betas 0.1 1.5": (lambda w: [SWEEP, "--model_param", "vgg.pt", "--vgg_name", "VGG11", "--betas", "0.1",
+                                         "1.5", "--no_eval"], "--betas must lie in (0, 1); got 1.5"),
+    "--eval_samples beyond the test set": (lambda w: _eval("--eval_samples", "20000"),
+                                           "--eval_samples 20000 exceeds the 40 test images"),
     "--betas abc": (lambda w: [SWEEP, "--model_param", "vgg.pt", "--vgg_name", "VGG11", "--betas", "abc",
                                "--no_eval"], "--betas"),
     "fig2a --layers x": (lambda w: [REPRODUCE, "fig2a", "--arch", "VGG11", "--model_param", "vgg.pt", "--layers",
@@ -147,7 +167,14 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
     "--save_merged exists": (lambda w: _vgg("--no_eval", "--save_merged", "resnet.pt"), "exists"),
     "--save_merged is the checkpoint": (lambda w: _vgg("--no_eval", "--save_merged", "vgg.pt", "--overwrite"),
                                         "is the input checkpoint"),
-    "results folder cannot be made": (_unwritable_results, "cannot create the folder"),
+    "results folder cannot be made": (_unwritable_results, "vgg.pt is a file, not a folder"),
+    "the accuracy cache beside --results cannot be written": (_cache_is_a_folder, "the accuracy cache beside --results"),
+    "fig3a --out under a file": (lambda w: [REPRODUCE, "fig3a", "--results", "r.jsonl", "--out", "vgg.pt/figures"],
+                                 "--out vgg.pt/figures: vgg.pt is a file"),
+    "fig2a --out under a file": (lambda w: [REPRODUCE, "fig2a", "--arch", "VGG11", "--model_param", "vgg.pt",
+                                            "--out", "vgg.pt/figures"], "--out vgg.pt/figures: vgg.pt is a file"),
+    "reproduce_cifar10 --out is a file": (lambda w: [REPRODUCE_CIFAR10, "--data_root", "cifar", "--profile", "smoke",
+                                                     "--out", "vgg.pt"], "--out vgg.pt is a file"),
 }
 
 
@@ -159,8 +186,9 @@ def work(tmp_path, tiny_checkpoints, cifar_root) -> Work:
     return Work(tmp_path)
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def _files(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -178,7 +206,7 @@ def test_bad_input_ends_in_one_error_line_and_touches_nothing(case, work):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert words in lines[0]
-    assert _files(work.dir) == before  # nothing modified, nothing written
+    assert _files(work.dir) == before  # nothing modified, nothing written, no folder made
 
 
 def test_unreadable_results_lines_are_reported_and_the_run_goes_on(work):
@@ -195,7 +223,7 @@ def test_unreadable_results_lines_are_reported_and_the_run_goes_on(work):
 def test_a_terminated_atomic_write_leaves_no_temporary_file(tmp_path):
     """SIGTERM (a cluster's time limit, ``kill``) during an atomic write: the temporary file is removed, the target
     is never created half-written."""
-    code = ("import sys, time; from ifm.cli import cli_main; from ifm.io import atomic_write\n"
+    code = ("import sys, time; from ifm.experiments.cli import cli_main; from ifm.experiments.io import atomic_write\n"
             "def write(tmp):\n"
             "    open(tmp, 'wb').write(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
             "sys.exit(cli_main(lambda: atomic_write('out.pt', write)))\n")

@@ -10,7 +10,7 @@ import models
 from ifm import (IterativeMerger, build_groups, chain_spaces, channel_groups, iterative_feature_merging,
                  model_for_state_dict, slim_model)
 from ifm.gram import GroupGram, gram_matrix
-from ifm.synthetic import copy_channel
+from ifm.experiments.synthetic import copy_channel
 from tests.helpers import plain_cnn, randomize_bn
 from tests.naive_reference import naive_distance, naive_ifm
 

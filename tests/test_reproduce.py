@@ -12,8 +12,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import reproduce  # noqa: E402
 import sweep as sweep_script  # noqa: E402
 from ifm import channel_groups, iterative_feature_merging  # noqa: E402
-from ifm.figures import equivalence_permutations, largest_beta_within, random_permutations  # noqa: E402
-from ifm.io import read_jsonl  # noqa: E402
+from ifm.experiments.figures import equivalence_permutations, largest_beta_within, random_permutations  # noqa: E402
+from ifm.experiments.io import read_jsonl  # noqa: E402
 from tests.naive_reference import naive_distance  # noqa: E402
 
 
@@ -67,8 +67,8 @@ def test_fig2a_heatmaps_match_a_direct_computation(tiny_checkpoints, tmp_path):
     assert reproduce.main(["fig2a", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
                            "--layers", "0,7", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "distances.png").stat().st_size > 0
-    from ifm.figures import normalized_distances
-    from ifm.io import load_state_dict_file
+    from ifm.experiments.figures import normalized_distances
+    from ifm.experiments.io import load_state_dict_file
     sd = load_state_dict_file(tiny_checkpoints["VGG11"])
     group = channel_groups("VGG11", sd)[7]
     direct = naive_distance({k: v.double() for k, v in sd.items()}, group.members, group.width)
@@ -89,9 +89,9 @@ def test_fig2b_endpoints_and_files(tiny_checkpoints, cifar_root, tmp_path):
                            "--out", str(tmp_path), "--no_progress"]) == 0
     (curve,) = json.loads((tmp_path / "fig2b.json").read_text())
     from ifm import model_for_state_dict
-    from ifm.data import load_cifar10
-    from ifm.evaluate import evaluate, tensor_batches
-    from ifm.io import load_state_dict_file
+    from ifm.experiments.data import load_cifar10
+    from ifm.experiments.evaluate import evaluate, tensor_batches
+    from ifm.experiments.io import load_state_dict_file
     test = load_cifar10(cifar_root, "test", progress=False)
     model = model_for_state_dict("VGG11", load_state_dict_file(tiny_checkpoints["VGG11"]))
     original = evaluate(model, tensor_batches(test, 64, "cpu"), len(test), progress=False).accuracy
@@ -101,7 +101,7 @@ def test_fig2b_endpoints_and_files(tiny_checkpoints, cifar_root, tmp_path):
 
 def test_the_equivalence_permutation_moves_exactly_the_clusters_channels(tiny_checkpoints):
     """π of Fig. 2(b) swaps features only inside IFM's clusters, and every clustered feature moves."""
-    from ifm.io import load_state_dict_file
+    from ifm.experiments.io import load_state_dict_file
     sd = load_state_dict_file(tiny_checkpoints["VGG11"])
     groups = channel_groups("VGG11", sd)
     result = iterative_feature_merging(sd, groups, beta=0.6)
@@ -149,7 +149,7 @@ def test_guided_backprop(tiny_checkpoints, cifar_root, tmp_path):
 
 
 def test_guided_backprop_zeroes_other_features():
-    from ifm.figures import guided_backprop
+    from ifm.experiments.figures import guided_backprop
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
     x = torch.rand(1, 3, 8, 8)
     only_0 = guided_backprop(model, "1", [0], x)
@@ -167,7 +167,7 @@ def _rec(beta, acc, **fields):
 
 
 def test_curves_are_split_by_every_setting_and_labelled_uniquely():
-    from ifm.figures import curves_by_setting
+    from ifm.experiments.figures import curves_by_setting
     records = [_rec(0.1, 89), _rec(0.2, 80), _rec(0.1, 88, bn_mode="fold"), _rec(0.1, 89.5, recalibrate_bn=2000),
                _rec(0.1, 70, method="random", acc_after_std=1.5),
                _rec(0.1, 60, checkpoint="runB/params/model_epoch149.pt", checkpoint_digest="bbbb2222"),
@@ -188,7 +188,7 @@ def test_curves_are_split_by_every_setting_and_labelled_uniquely():
 
 
 def test_imagenet_weights_of_one_architecture_get_their_own_curves():
-    from ifm.figures import curves_by_setting
+    from ifm.experiments.figures import curves_by_setting
     v1 = _rec(0.1, 75, model="resnet50", dataset="imagenet", checkpoint="torchvision:resnet50.IMAGENET1K_V1",
               checkpoint_digest="tv:resnet50:IMAGENET1K_V1")
     v2 = {**v1, "checkpoint": "torchvision:resnet50.IMAGENET1K_V2", "checkpoint_digest": "tv:resnet50:IMAGENET1K_V2",
@@ -202,7 +202,7 @@ def test_imagenet_weights_of_one_architecture_get_their_own_curves():
 def test_guided_backprop_is_guided_for_functional_relus_and_zero_outside_the_cluster():
     """A CIFAR ResNet calls F.relu: its maps must differ from plain gradients, and features outside the
     cluster must not matter."""
-    from ifm.figures import guided_backprop
+    from ifm.experiments.figures import guided_backprop
     import models
 
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ifm import model_for_state_dict
-from ifm.io import read_jsonl
-from ifm.selfmerge import cli
+from ifm.experiments.io import read_jsonl
+from ifm.experiments.selfmerge import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ["model", "dataset", "checkpoint", "beta", "max_ratio", "order", "widths", "n_merges", "params_before",
@@ -121,7 +121,7 @@ def test_unreadable_checkpoint(tmp_path):
 @pytest.mark.parametrize("progress", [True, False])
 def test_cifar_decoding_bar_follows_progress(cifar_root, capsys, progress):
     """The one-time decoding of an ImageFolder CIFAR tree shows a bar unless ``--no_progress``."""
-    from ifm.data import load_cifar10
+    from ifm.experiments.data import load_cifar10
     data = load_cifar10(cifar_root, "test", progress=progress)
     assert len(data) == 40
     assert ("decoding test" in capsys.readouterr().err) == progress
@@ -139,15 +139,6 @@ def test_every_command_prints_its_help(command, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(ROOT / command[0]), run_name="__main__")
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
-
-
-def test_the_readme_library_snippet_runs_as_pasted():
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### As a library"):]
-    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["result"].n_merges > 0 and namespace["count_params"](namespace["slim"]) > 0
 
 
 @pytest.mark.parametrize("script,args,message", [
@@ -172,7 +163,7 @@ def test_more_bad_arguments_are_one_line_in_process(script, args, message, tiny_
 
 def test_a_test_set_missing_a_class_folder_is_refused(cifar_root, tmp_path):
     import shutil
-    from ifm.data import load_cifar10
+    from ifm.experiments.data import load_cifar10
     from ifm.errors import IFMError
     partial = tmp_path / "partial"
     shutil.copytree(cifar_root, partial)
@@ -183,7 +174,7 @@ def test_a_test_set_missing_a_class_folder_is_refused(cifar_root, tmp_path):
 
 def test_images_moved_between_class_folders_are_not_served_from_the_cache(cifar_root, tmp_path):
     import shutil
-    from ifm.data import load_cifar10
+    from ifm.experiments.data import load_cifar10
     moved = tmp_path / "moved"
     shutil.copytree(cifar_root, moved)
     before = load_cifar10(moved, "test", progress=False)  # decoded and cached

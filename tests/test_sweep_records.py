@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ifm.errors import IFMError, IFMWarning
-from ifm.io import append_jsonl, read_jsonl
-from ifm.sweep import PAPER_BETAS, shard_of
+from ifm.experiments.io import append_jsonl, read_jsonl
+from ifm.experiments.sweep import PAPER_BETAS, shard_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -132,7 +132,7 @@ def test_results_that_would_overwrite_an_input_are_refused_before_any_work(tiny_
 
 def test_records_never_hold_bare_nan_and_written_files_keep_the_usual_mode(tmp_path):
     import os
-    from ifm.io import write_json
+    from ifm.experiments.io import write_json
     append_jsonl(tmp_path / "r.jsonl", {"beta": 0.1, "acc_after": float("nan"), "x": [float("inf"), 1.0]})
     line = (tmp_path / "r.jsonl").read_text()
     assert "NaN" not in line and "Infinity" not in line
@@ -148,16 +148,16 @@ def test_records_never_hold_bare_nan_and_written_files_keep_the_usual_mode(tmp_p
 def _slow_sweep(spec, options, betas) -> None:
     """A sweep whose runs take a second longer (another user's sweep on the same results file)."""
     import time
-    import ifm.sweep as sweep_module
+    import ifm.experiments.sweep as sweep_module
     run = sweep_module.run_self_merge
     sweep_module.run_self_merge = lambda *a, **k: (time.sleep(1.5), run(*a, **k))[1]
     sweep_module.sweep(spec, options, betas, log=lambda line: None)
 
 
 def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_root, tmp_path):
-    from ifm.run import RunOptions, RunSpec
-    from ifm.selfmerge import load_model, run_identity
-    from ifm.sweep import run_claim, run_key, sweep
+    from ifm.experiments.run import RunOptions, RunSpec
+    from ifm.experiments.selfmerge import load_model, run_identity
+    from ifm.experiments.sweep import run_claim, run_key, sweep
     spec = RunSpec(arch="VGG11", model_param=str(tiny_checkpoints["VGG11"]), data_root=str(cifar_root), eval_samples=8)
     options = RunOptions(results=str(tmp_path / "r.jsonl"), progress=False, workers=0)
     other = multiprocessing.get_context("spawn").Process(target=_slow_sweep, args=(spec, options, [0.3]))
@@ -182,9 +182,9 @@ def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_ro
 def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_root, tmp_path):
     """The sweep's skip key is built from the RunSpec before the run; it must equal the key of the record the run
     writes, for every kind of setting (else a sweep never skips, or skips the wrong run)."""
-    from ifm.run import RunOptions, RunSpec, from_args
-    from ifm.selfmerge import Evaluator, load_model, merge_argument_parser, run_identity, run_self_merge
-    from ifm.sweep import SAME_RUN_FIELDS, run_key
+    from ifm.experiments.run import RunOptions, RunSpec, from_args
+    from ifm.experiments.selfmerge import Evaluator, load_model, merge_argument_parser, run_identity, run_self_merge
+    from ifm.experiments.sweep import SAME_RUN_FIELDS, run_key
     args = merge_argument_parser("cifar10", "resnet").parse_args(
         ["--resnet_name", "ResNet18", "--model_param", str(tiny_checkpoints["ResNet18"]), "--threshold", "0.4",
          "--stages", "3", "4", "--baseline", "random", "--seeds", "2", "--no_eval", "--results", "x.jsonl"])

@@ -10,8 +10,9 @@ from torch import nn
 
 import models
 from ifm import IFMError, build_groups, chain_spaces, channel_groups, iterative_feature_merging, resnet_spaces
-from ifm.archs import ARCHITECTURES, check_groups, get_architecture
-from ifm.synthetic import copy_channel
+from ifm.architectures import ARCHITECTURES, get_architecture
+from ifm.discovery import check_groups
+from ifm.experiments.synthetic import copy_channel
 from ifm.trace import trace_spaces, traced_layer_spaces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,10 +191,10 @@ def test_injected_exact_duplicates_merge_and_the_function_stays(name, rule, tmp_
     """In every traced group a channel is made an exact copy of another (consumer columns split, so the function is
     that of the copied model); with BN folded (producers and eps from the graph), at a tiny β exactly those pairs
     merge under ``rule``, and the slim merged model computes the same function."""
-    from ifm.archs import model_for_state_dict
+    from ifm.architectures import model_for_state_dict
     from ifm.beyond import without_bn_statistics
-    from ifm.run import RunSpec
-    from ifm.selfmerge import load_model, merge_weights
+    from ifm.experiments.run import RunSpec
+    from ifm.experiments.selfmerge import load_model, merge_weights
     if name.startswith("timm/"):
         pytest.importorskip("timm")
     torch.manual_seed(0)

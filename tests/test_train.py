@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import train_model
-from ifm.config import load_config
+from ifm.experiments.config import load_config
 from ifm.errors import IFMError
-from ifm.io import read_jsonl
-from ifm.selfmerge import cli
-from ifm.train import augment, train_from_config
+from ifm.experiments.io import read_jsonl
+from ifm.experiments.selfmerge import cli
+from ifm.experiments.train import augment, train_from_config
 
 CFGS = sorted(Path(__file__).resolve().parents[1].glob("cfg/*_training.yml"))
 VGG11_CFG = next(p for p in CFGS if p.stem == "vgg11_training")
@@ -120,8 +120,8 @@ def test_trained_checkpoint_runs_through_the_self_merge_script(cifar_root, tmp_p
 
 def test_models_trained_together_equal_models_trained_alone(cifar_root, tmp_path):
     """train_together interleaves the steps of several models; each must end as if trained alone."""
-    from ifm.data import load_cifar10
-    from ifm.train import Trainer, train_together
+    from ifm.experiments.data import load_cifar10
+    from ifm.experiments.train import Trainer, train_together
     data = (load_cifar10(cifar_root, "train", progress=False), load_cifar10(cifar_root, "test", progress=False))
     common = ["train.epochs=2", "train.batch_size=16", "model.width=0.125", "train.device=cpu",
               f"data.root={cifar_root}"]
@@ -158,7 +158,7 @@ def test_distributed_training_on_two_processes(cifar_root, tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     distributed = [r["train_loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert len(distributed) == 2  # rank 0 alone wrote its metrics
-    from ifm.train import Trainer
+    from ifm.experiments.train import Trainer
     single = Trainer(load_config(VGG11_CFG, overrides), tmp_path / "single", progress=False)
     single.fit()
     alone = [h.train_loss for h in single.history]
@@ -191,7 +191,7 @@ def test_bf16_autocast_trains_on_the_cpu_and_is_recorded(cifar_root, tmp_path):
 
 def test_a_second_training_with_the_same_prefix_refuses(cifar_root, tmp_path):
     config = load_config(VGG11_CFG, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
-    from ifm.train import run_directory
+    from ifm.experiments.train import run_directory
     claimed = run_directory(config, "cfg", "same", resume=False)
     assert claimed.is_dir()
     with pytest.raises(IFMError, match="already holds a run"):
@@ -241,7 +241,7 @@ def test_thread_count_follows_omp_num_threads(monkeypatch, value, expected):
 def test_training_imports_do_not_load_the_merge_kernels():
     import subprocess
     import sys
-    code = "import sys, ifm.config, ifm.train; print('numba' in sys.modules)"
+    code = "import sys, ifm.experiments.config, ifm.experiments.train; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-500:]

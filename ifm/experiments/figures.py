@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .archs import channel_groups, model_for_state_dict
+from ..architectures import model_for_state_dict
+from ..discovery import channel_groups
 from .io import write_csv
-from .merge import IterativeMerger, distance_matrices, iterative_feature_merging
-from .permute import permute_channels
+from ..merge import IterativeMerger, distance_matrices, iterative_feature_merging
+from ..permute import permute_channels
 from .plots import pyplot, save_figure
 
 Tensor = torch.Tensor
@@ -62,7 +63,7 @@ def width_factor(record: Mapping) -> float | None:
 
 @lru_cache(maxsize=None)
 def _default_widths(arch: str) -> dict[str, int]:
-    from .archs import get_architecture
+    from ..architectures import get_architecture
     return {g.name: g.width for g in channel_groups(arch, get_architecture(arch).build(10).state_dict())}
 
 
@@ -117,8 +118,9 @@ def largest_beta_within(records: Sequence[dict], fraction: float = 0.95) -> dict
     return max(ok, key=lambda r: r["beta"]) if ok else None
 
 
-def plot_accuracy_vs_count(choices: Mapping[str, dict], path: str | Path) -> Path:
-    """Fig. 3(b): accuracy against the number of parameters, before (hollow) and after merging."""
+def plot_accuracy_vs_count(choices: Mapping[str, dict], path: str | Path, subtitle: str = "") -> Path:
+    """Fig. 3(b): accuracy against the number of parameters, before (hollow) and after merging; ``subtitle`` (a
+    second title line) names the setting, e.g. the BN mode and the scale."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, r in choices.items():
@@ -130,29 +132,31 @@ def plot_accuracy_vs_count(choices: Mapping[str, dict], path: str | Path) -> Pat
     ax.plot([], [], "o", color="gray", label="filled: after merging")
     subset = evaluated_subset(list(choices.values()))
     ax.set(xlabel="parameters (millions)", ylabel="test accuracy (%)",
-           title=f"Largest β keeping ≥95% of the original accuracy ({subset})")
+           title=f"Largest β keeping ≥95% of the original accuracy ({subset})" + (f"\n{subtitle}" if subtitle else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------ Fig. 5(a)
-def plot_feature_complexity(records_by_model: Mapping[str, Mapping], path: str | Path, beta: float) -> Path:
+def plot_feature_complexity(records_by_model: Mapping[str, Mapping], path: str | Path, beta: float,
+                            subtitle: str = "") -> Path:
     """Fig. 5(a): merged width of every layer, one line per model (records with ``widths`` and
-    ``original_widths``), the original widths dashed; also a CSV beside the PNG."""
+    ``original_widths``), the original widths grey and dashed; also a CSV beside the PNG. ``subtitle``: as in
+    :func:`plot_accuracy_vs_count`."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = []
     for label, record in records_by_model.items():
         widths, original = record["widths"], record.get("original_widths") or {}
         layers = range(1, len(widths) + 1)
-        line, = ax.plot(layers, list(widths.values()), marker="o", label=label)
+        ax.plot(layers, list(widths.values()), marker="o", label=label)
         if original:
-            ax.plot(layers, [original[k] for k in widths], linestyle="--", linewidth=0.8, color=line.get_color())
+            ax.plot(layers, [original[k] for k in widths], linestyle="--", linewidth=0.8, color="gray")
         rows += [(label, k, name, w, original.get(name)) for k, (name, w) in enumerate(widths.items(), start=1)]
     ax.plot([], [], color="gray", linestyle="--", linewidth=0.8, label="original width")
     ax.set(xlabel="layer", ylabel="feature complexity (merged width)",
-           title=f"Feature complexity of every layer at β={beta:g}")
+           title=f"Feature complexity of every layer at β={beta:g}" + (f"\n{subtitle}" if subtitle else ""))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -336,7 +340,8 @@ def guided_backprop(model: nn.Module, layer: str, channels: Sequence[int], image
 
 
 def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: str | Path, title: str = "") -> Path:
-    """Rows: the images, then one row per group of equivalent features."""
+    """Rows: the images, then one row per group of features (a group that is not activated by an image gets a
+    grey panel saying so)."""
     plt = pyplot()
     n = images.shape[0]
     fig, axes = plt.subplots(len(maps) + 1, n, figsize=(1.6 * n + 1.2, 1.7 * (len(maps) + 1)), squeeze=False)
@@ -346,7 +351,12 @@ def plot_guided_grid(images: Tensor, maps: Sequence[tuple[str, Tensor]], path: s
     for i, (label, grads) in enumerate(maps, start=1):
         for j in range(n):
             g = grads[j]
-            g = (g - g.min()) / (g.max() - g.min()).clamp(min=1e-12)
+            if float(g.max() - g.min()) <= 1e-12:  # the group never fires on this image: a neutral panel
+                axes[i, j].imshow(torch.full(g.shape[1:], 0.5).numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[i, j].text(0.5, 0.5, "no activation", ha="center", va="center", fontsize=6,
+                                transform=axes[i, j].transAxes)
+                continue
+            g = (g - g.min()) / (g.max() - g.min())
             axes[i, j].imshow(g.permute(1, 2, 0).numpy())
         axes[i, 0].set_ylabel(label, fontsize=6)
     for ax in axes.flat:

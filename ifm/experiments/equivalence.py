@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import IFMError
+from ..errors import IFMError
 
 Tensor = torch.Tensor
 
@@ -284,7 +284,7 @@ def measure_equivalence(original: nn.Module, merged: dict[float, tuple[nn.Module
 def plot_equivalence(rows: Sequence[LayerEquivalence], path, title: str = ""):
     """Two panels per layer: linear CKA, and stitched accuracy (solid: original bottom -> merged top;
     dashed: merged bottom -> original top; dotted: the merged model's own accuracy), one colour per β."""
-    from .plots import pyplot, save_figure
+    from .plots import include_with_margin, pyplot, save_figure
     plt = pyplot()
     fig, (ax_cka, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.5))
     layers = list(dict.fromkeys(r.layer for r in rows))
@@ -301,6 +301,8 @@ def plot_equivalence(rows: Sequence[LayerEquivalence], path, title: str = ""):
                        label=f"β={beta:g}: merged model {mine[0].merged_acc:.1f} %")
     ax_acc.axhline(rows[0].original_acc, color="black", linestyle=":", linewidth=1,
                    label=f"original model {rows[0].original_acc:.1f} %")
+    include_with_margin(ax_acc, [v for r in rows for v in (r.stitched_acc, r.reverse_stitched_acc, r.merged_acc,
+                                                           r.original_acc)])
     for ax in (ax_cka, ax_acc):
         ax.set_xticks(list(xs), layers, rotation=45, ha="right", fontsize=7)
         ax.grid(alpha=0.3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import IFMError
+from ..errors import IFMError
 from .io import atomic_write
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -15,23 +15,23 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from . import beyond
+from .. import beyond
 from . import data as datasets
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .archs import (ARCHITECTURES, Architecture, channel_groups, check_groups, describe_groups,
-                    get_architecture, model_for_state_dict, num_classes_of)
+from ..architectures import ARCHITECTURES, Architecture, get_architecture, model_for_state_dict, num_classes_of
+from ..discovery import channel_groups, check_groups, describe_groups
 from .cli import cli_main
-from .errors import IFMError
+from ..errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
-from .device import pick_device
-from .budget import Budget, check_budget, ifm_budget, params_at_widths, uniform_budget
-from .correction import correct_merged
-from .kmeans import kmeans_partition
-from .merge import IterativeMerger, MergeResult, check_hyperparameters, iterative_feature_merging
-from .metrics import count_flops, count_params
+from ..device import pick_device
+from ..budget import Budget, check_budget, ifm_budget, params_at_widths, uniform_budget
+from ..correction import correct_merged
+from ..kmeans import kmeans_partition
+from ..merge import IterativeMerger, MergeResult, check_hyperparameters, iterative_feature_merging
+from ..metrics import count_flops, count_params
 from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
-from .trace import TracedGraph
+from ..trace import TracedGraph
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -60,7 +60,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: s
     p.add_argument("--max_ratio", type=float, default=1.0, help="cap on merges per group, in (0, 1]")
     p.add_argument("--order", default="official", choices=["official", "layerwise"],
                    help="official: one merge per group per sweep; layerwise: paper Algorithm 1")
-    if family == "resnet":
+    if family in ("resnet", "any"):
         p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNet stages to merge (default: 3 4)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="distance bookkeeping")
     p.add_argument("--data_root", default="data/cifar10" if dataset == "cifar10" else "data/imagenet")
@@ -128,10 +128,14 @@ def _training_normalization(checkpoint: Path) -> tuple | None:
     return None
 
 
-def load_model(spec: RunSpec) -> LoadedModel:
-    """Read the checkpoint (or torchvision weights) and check it fits the architecture."""
+def load_model(spec: RunSpec, initialise: bool = False) -> LoadedModel:
+    """Read the checkpoint (or torchvision weights) and check it fits the architecture. ``initialise``: without
+    either, use the model's own initialisation (enough to trace and list its groups)."""
     arch = get_architecture(spec.arch, spec.input_size)
-    if spec.weights:
+    if initialise and not spec.weights and spec.model_param is None:
+        state_dict = arch.build(10 if arch.dataset == "cifar10" else 1000).state_dict()
+        checkpoint, digest, normalize = "initialisation", "init", None
+    elif spec.weights:
         if spec.model_param:
             raise IFMError("pass either --model_param or --weights, not both")
         state_dict = _torchvision_weights(arch.name, spec.weights)
@@ -159,6 +163,12 @@ def load_model(spec: RunSpec) -> LoadedModel:
 
 
 # --------------------------------------------------------------------------------------- evaluation
+def _check_eval_samples(spec: RunSpec, available: int) -> None:
+    if spec.eval_samples is not None and spec.eval_samples > available:
+        raise IFMError(f"--eval_samples {spec.eval_samples} exceeds the {available:,} test images under "
+                       f"{spec.data_root}: give at most {available}, or leave it out to use them all")
+
+
 class Evaluator:
     """Evaluates models on the (possibly subsampled) test split, loading the data once."""
 
@@ -168,9 +178,11 @@ class Evaluator:
         self.device, self.spec, self.options, self.loaded = device, spec, options, loaded
         if loaded.arch.dataset == "cifar10":
             full = datasets.load_cifar10(spec.data_root, "test", download=spec.download, progress=options.progress)
+            _check_eval_samples(spec, len(full))
             self.data = full.subset(datasets.spread_indices(len(full), spec.eval_samples))
         else:
             full = datasets.imagenet_val(spec.data_root)
+            _check_eval_samples(spec, len(full))
             from torch.utils.data import Subset
             self.data = Subset(full, datasets.spread_indices(len(full), spec.eval_samples).tolist())
         outputs = num_classes_of(loaded.state_dict)
@@ -324,6 +336,8 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
         raise IFMError(f"--results {options.results} is the checkpoint or --save_merged; give the results their own file")
     if save and Path(writable_location(save, "--save_merged")).resolve() in inputs:
         raise IFMError(f"--save_merged {save} is the input checkpoint; choose another path")
+    if spec.evaluates:
+        writable_location(baseline_cache(options), "the accuracy cache beside --results:")
     if spec.eval_samples is not None and spec.eval_samples <= 0:
         raise IFMError(f"--eval_samples must be positive, got {spec.eval_samples}")
     if options.batch_size <= 0:
@@ -342,6 +356,11 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
     if spec.method == "kmeans" and spec.target_params is None and spec.max_ratio >= 1.0:
         raise IFMError("--baseline kmeans merges the same share of every group: give it with --max_ratio below 1 "
                        "(e.g. 0.5) or --target_params P")
+
+
+def baseline_cache(options: RunOptions) -> Path:
+    """Where the original model's accuracy is cached, beside the results file."""
+    return Path(options.results).parent / "baseline_cache.jsonl"
 
 
 def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | None = None,
@@ -363,7 +382,7 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
     if budget is not None:
         record["budget_probes"] = budget.probes
     if spec.evaluates:
-        before = evaluator.baseline(original, Path(options.results).parent / "baseline_cache.jsonl")
+        before = evaluator.baseline(original, baseline_cache(options))
         runs = []
         for k, state in enumerate(merged_states):
             model = merged if k == 0 else model_for_state_dict(loaded.arch, state)
@@ -456,9 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def list_groups(spec: RunSpec) -> str:
     """The channel groups of the run's model and its frozen spaces (``--list_groups``)."""
-    loaded = load_model(spec)
+    loaded = load_model(spec, initialise=True)
     groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
-    text = describe_groups(loaded.graph, groups, loaded.merge_rule)
+    text = describe_groups(loaded.graph, groups, loaded.merge_rule, loaded.arch, spec.stages)
     return text + (f"\nmerge rule {loaded.rule_reason}" if loaded.rule_reason else "")
 
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 training from a :class:`~ifm.config.Config`.
+"""CIFAR-10 training from a :class:`~ifm.experiments.config.Config`.
 
 The dataset lives on the device as a uint8 tensor and is augmented there (random crop with zero
 padding 4, horizontal flip), so a GPU is never starved by a data loader. Each epoch draws its
@@ -24,12 +24,12 @@ import models
 
 from . import data as datasets
 from .config import Config
-from .errors import IFMError
+from ..errors import IFMError
 from .evaluate import Normalization, as_inputs, evaluate, normalization, tensor_batches
 from .io import append_jsonl, atomic_write, read_jsonl, write_json
 from .plots import pyplot, save_figure
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .device import pick_device
+from ..device import pick_device
 
 STATE_FILE = "state/last.pt"
 

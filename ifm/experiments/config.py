@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .errors import IFMError
+from ..errors import IFMError
 
 
 @dataclass

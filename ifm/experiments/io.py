@@ -17,7 +17,7 @@ except ImportError:  # Windows: appends are then unlocked
 
 import torch
 
-from .errors import IFMError, IFMWarning
+from ..errors import IFMError, IFMWarning
 
 Tensor = torch.Tensor
 WRAPPER_KEYS = ("state_dict", "net", "model")
@@ -29,18 +29,37 @@ def _umask() -> int:
     return mask
 
 
+def _check_creatable(folder: Path, what: str, path: Path) -> None:
+    """``folder`` exists as a writable folder, or can be made: its nearest existing ancestor is a writable folder.
+    Nothing is created (a run that fails later on its inputs leaves no empty folder behind)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IFMError(f"cannot create {what} {path}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise IFMError(f"{what} {path} is not writable ({existing} is read-only); choose another path")
+
+
 def writable_location(path: str | os.PathLike, what: str) -> Path:
-    """Check, before any work, that ``path`` can be written (its folder made and writable, no folder in the
-    way); return it."""
+    """Check, before any work, that the file ``path`` can be written (its folder exists or can be made, no folder
+    in its place); return it. Nothing is created."""
     path = Path(path)
     if path.is_dir():
         raise IFMError(f"{what} {path} is a folder; give a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IFMError(f"cannot create the folder of {what} {path}: {exc.strerror}") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    _check_creatable(path.parent, what, path)
+    if path.exists() and not os.access(path, os.W_OK):
         raise IFMError(f"{what} {path} is not writable; choose another path")
+    return path
+
+
+def writable_folder(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that the folder ``path`` exists writable or can be made; return it. Nothing is
+    created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IFMError(f"{what} {path} is a file; give a folder")
+    _check_creatable(path, what, path)
     return path
 
 
@@ -77,14 +96,16 @@ def load_state_dict_file(path: str | os.PathLike | None) -> dict[str, Tensor]:
     if path is None:
         raise IFMError("no checkpoint given: pass --model_param PATH")
     path = Path(path)
+    if path.is_dir():
+        raise IFMError(f"checkpoint {path} is a folder; pass --model_param the state dict file inside it")
     if not path.is_file():
         raise IFMError(f"checkpoint not found: {path} (pass --model_param pointing at a saved state dict)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable, truncated, or a pickled module
-        reason = (str(exc).strip().splitlines() or ["empty file" if path.stat().st_size == 0 else "unreadable"])[0]
-        raise IFMError(f"cannot read checkpoint {path}: {type(exc).__name__}: {reason[:200]}"
-                       " (expected a torch.save'd state dict)") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the pickle-protocol warning of a file that is no checkpoint)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or pickled objects
+        raise IFMError(f"{path} is not a torch.save'd state dict ({_unreadable_reason(path, exc)})") from None
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -92,6 +113,17 @@ def load_state_dict_file(path: str | os.PathLike | None) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise IFMError(f"{path} holds no state dict (a dict of tensors, possibly under 'state_dict', 'net' or 'model')")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, in a few words (PyTorch's text is a page)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(exc)
+    if "Unsupported global" in text or "Weights only load failed" in text:
+        return ("it holds pickled Python objects, e.g. a whole model or a NumPy array: save model.state_dict() "
+                "with torch.save")
+    return f"{type(exc).__name__}: {text.strip().splitlines()[0][:120]}" if text.strip() else type(exc).__name__
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .errors import IFMError
+from ..errors import IFMError
 from .io import read_jsonl
 from .run import RunOptions, RunSpec
 from .selfmerge import Evaluator, load_model, pick_device, run_identity, run_self_merge, validate
@@ -160,4 +160,7 @@ def parse_betas(values: Iterable[str]) -> list[float]:
                 betas.append(float(value))
             except ValueError:
                 raise IFMError(f"--betas takes numbers, 'paper' or 'official'; got {value!r}") from None
+    outside = [b for b in betas if not 0.0 < b < 1.0]
+    if outside:
+        raise IFMError(f"--betas must lie in (0, 1); got {outside[0]:g}")
     return sorted(set(betas))

@@ -8,7 +8,7 @@ import threading
 import warnings
 from typing import Callable
 
-from .errors import IFMError, IFMWarning
+from ..errors import IFMError, IFMWarning
 
 
 def _terminate(signum, frame) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .groups import ChannelGroup, split_segments
+from ..groups import ChannelGroup, split_segments
 
 
 def copy_channel(state_dict: dict, group: ChannelGroup, src: int, dst: int, noise: float = 0.0,
@@ -34,7 +34,8 @@ def near_duplicate_state_dict(arch: str, seed: int = 0, prototypes: float = 0.25
                               num_classes: int = 10) -> dict[str, torch.Tensor]:
     """Random-init ``arch`` whose channels, in every group, are noisy copies of a fraction ``prototypes``
     of them (rows and columns): a case in which IFM merges in every group and every iteration."""
-    from .archs import channel_groups, get_architecture
+    from ..architectures import get_architecture
+    from ..discovery import channel_groups
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     sd = get_architecture(arch).build(num_classes).state_dict()

@@ -1,0 +1,153 @@
+"""How a checkpoint is structured, per merged layer: how close its closest channels are (Fig. 2(a)'s statistic:
+Eq. 6 distances divided by the layer's largest), how many channels are dead, and how spread its channel norms and
+BN scales are. Says whether a checkpoint has the near-exact duplicates the paper reports (a minimum normalised
+distance of 2e-15 in VGG16's last conv) before any merge is run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..groups import ChannelGroup, base_key, channel_slices, split_segments
+from ..merge import distance_matrices
+from .io import write_csv, write_json
+from .plots import pyplot, save_figure
+
+Tensor = torch.Tensor
+#: a BN scale |γ| at most this fraction of the layer's median |γ| counts as zero (a dead channel)
+DEAD_SCALE = 1e-3
+#: normalised distances below this count as duplicate pairs
+DUPLICATE_DISTANCE = 1e-6
+
+
+@dataclass
+class LayerDiagnosis:
+    """One channel group of a checkpoint (distances normalised by the group's largest)."""
+
+    group: str
+    width: int
+    min_distance: float
+    median_distance: float
+    duplicate_pairs: int  # channel pairs closer than DUPLICATE_DISTANCE
+    dead_bn: int  # channels whose BN scale is ~0 in every BN of the group
+    dead_relu: int | None  # channels never positive on the given images (None: no data, or a residual stream)
+    norm_min: float  # norms of the channels' producing weights
+    norm_median: float
+    norm_max: float
+    bn_scale_min: float | None  # |γ| of the group's BNs
+    bn_scale_median: float | None
+    bn_scale_max: float | None
+
+
+def _bn_weights(views: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], group: ChannelGroup) -> list[Tensor]:
+    """The |γ| of every BN the group indexes (a 1-D ``weight`` beside a ``running_var``)."""
+    found = []
+    for member in group.members:
+        key = base_key(member.key)
+        if key.endswith(".weight") and views[member.key].ndim == 1 and f"{key[:-len('weight')]}running_var" in state_dict:
+            found.append(views[member.key].detach().abs().double())
+    return found
+
+
+def diagnose_groups(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
+                    never_positive: Mapping[str, int] | None = None) -> list[LayerDiagnosis]:
+    """Per group: distances, dead channels (``never_positive``: group name -> channels never positive on data,
+    from :func:`count_never_positive`), norms and BN scales."""
+    distances = distance_matrices(state_dict, groups)
+    views = split_segments(state_dict, groups)
+    rows = []
+    for group in groups:
+        d = distances[group.name].double()
+        off = d[~torch.eye(group.width, dtype=torch.bool)]
+        scale = float(d.max())
+        normalised = off / scale if scale > 0 else torch.zeros_like(off)
+        producers = [m for m in group.distance_members(views) if m.axis == 0]
+        norms = torch.cat([channel_slices(views[m.key].double(), 0, group.width) for m in producers], 1).norm(dim=1)
+        gammas = _bn_weights(views, state_dict, group)
+        dead_bn = 0
+        if gammas:
+            dead = torch.stack([g <= DEAD_SCALE * g.median() for g in gammas]).all(0)
+            dead_bn = int(dead.sum())
+        all_gammas = torch.cat(gammas) if gammas else None
+        rows.append(LayerDiagnosis(
+            group.name, group.width, float(normalised.min()) if off.numel() else float("nan"),
+            float(normalised.median()) if off.numel() else float("nan"),
+            int((normalised < DUPLICATE_DISTANCE).sum()) // 2, dead_bn,
+            None if never_positive is None else never_positive.get(group.name),
+            float(norms.min()), float(norms.median()), float(norms.max()),
+            *((float(all_gammas.min()), float(all_gammas.median()), float(all_gammas.max())) if gammas
+              else (None, None, None))))
+    return rows
+
+
+def count_never_positive(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable[Tensor]
+                         ) -> dict[str, int]:
+    """Per group with one producing layer: the channels whose pre-activation (the output of the BN after that
+    layer, else of the layer) is never positive over every image and position of ``batches``: after a ReLU they
+    are always zero. Residual streams (several producers) are left out."""
+    modules = dict(model.named_modules())
+    watched: dict[str, str] = {}
+    for group in groups:
+        layers = [m.key.rpartition(".")[0] for m in group.members if m.axis == 0]
+        convs = [p for p in dict.fromkeys(layers) if isinstance(modules.get(p), (nn.Conv2d, nn.Linear))]
+        if len(convs) != 1:
+            continue
+        bns = [p for p in dict.fromkeys(layers) if isinstance(modules.get(p), nn.modules.batchnorm._BatchNorm)]
+        watched[group.name] = bns[0] if len(bns) == 1 else convs[0]
+    peaks: dict[str, Tensor] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            peak = output.detach().transpose(0, 1).reshape(output.shape[1], -1).amax(1)
+            peaks[name] = peak if name not in peaks else torch.maximum(peaks[name], peak)
+        return record
+    handles = [modules[layer].register_forward_hook(hook(name)) for name, layer in watched.items()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            for images in batches:
+                model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: int((peak <= 0).sum()) for name, peak in peaks.items()}
+
+
+def write_diagnosis(rows: Sequence[LayerDiagnosis], out: str | Path, title: str = "") -> dict[str, Path]:
+    """``diagnose.json``, ``diagnose.csv`` and ``diagnose.png`` (per layer: the smallest and median normalised
+    distance on a log scale, and the dead channels) in ``out``."""
+    out = Path(out)
+    records = [asdict(r) for r in rows]
+    written = {"json": write_json(out / "diagnose.json", records),
+               "csv": write_csv(out / "diagnose.csv", list(records[0]), [list(r.values()) for r in records])}
+    plt = pyplot()
+    fig, (ax_d, ax_dead) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    xs = range(1, len(rows) + 1)
+    floor = 1e-17  # an exact duplicate (distance 0) is drawn at the floor
+    ax_d.semilogy(xs, [max(r.min_distance, floor) for r in rows], marker="o", label="smallest")
+    ax_d.semilogy(xs, [max(r.median_distance, floor) for r in rows], marker="s", label="median")
+    ax_d.set(ylabel="normalised Eq. 6 distance", title=title or "Closest channels and dead channels per layer")
+    ax_d.legend(fontsize=8)
+    ax_d.grid(alpha=0.3)
+    ax_dead.bar([x - 0.2 for x in xs], [r.dead_bn for r in rows], width=0.4, label="BN scale ≈ 0")
+    ax_dead.bar([x + 0.2 for x in xs], [r.dead_relu or 0 for r in rows], width=0.4, label="never positive on data")
+    ax_dead.set(ylabel="dead channels", xlabel="merged layer")
+    ax_dead.set_ylim(0, 1.15 * max([1] + [r.dead_bn for r in rows] + [r.dead_relu or 0 for r in rows]))
+    ax_dead.set_xticks(list(xs), [r.group for r in rows], rotation=45, ha="right", fontsize=7)
+    ax_dead.legend(fontsize=8)
+    ax_dead.grid(alpha=0.3)
+    fig.tight_layout()
+    written["png"] = save_figure(fig, out / "diagnose.png")
+    return written
+
+
+def format_diagnosis(rows: Sequence[LayerDiagnosis]) -> str:
+    """A short table for the terminal."""
+    lines = [f"{'group':24s} {'width':>6} {'min dist':>10} {'median':>9} {'dup pairs':>9} {'dead BN':>8} "
+             f"{'dead ReLU':>9}"]
+    lines += [f"{r.group:24s} {r.width:>6} {r.min_distance:>10.3g} {r.median_distance:>9.3g} {r.duplicate_pairs:>9} "
+              f"{r.dead_bn:>8} {'-' if r.dead_relu is None else r.dead_relu:>9}" for r in rows]
+    return "\n".join(lines)

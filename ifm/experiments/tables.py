@@ -1,0 +1,94 @@
+"""The measured tables of the README and the docs, generated from the files in ``measured/``.
+
+A generated table sits between ``<!-- table: NAME -->`` and ``<!-- /table -->`` in a Markdown file;
+:func:`refresh` rewrites every such block from :data:`TABLES`, so a number in the documentation can always be
+traced to a file and regenerated (``python scripts/results_tables.py --write``)."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Callable
+
+from ..errors import IFMError
+from .compare import format_frontier
+
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise IFMError(f"{path} is missing: the table it feeds cannot be generated")
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def paper_scale(measured: Path) -> str:
+    """The paper-scale run (four VGGs): trained accuracy, then accuracy (params kept %) at β 0.01 / 0.03 / 0.05
+    with the official BN merge and with BN folded."""
+    folder = measured / "paper_scale_h200_bf16_s0"
+    points = _rows(folder / "results.csv")
+    trained = {r["model"]: r["final_test_acc"] for r in _rows(folder / "training.csv")}
+    betas = sorted({float(r["beta"]) for r in points})
+    lines = ["| model | trained (paper) | BN official: " + " / ".join(f"β {b:g}" for b in betas)
+             + " | BN folded: " + " / ".join(f"β {b:g}" for b in betas) + " |", "|---|---|---|---|"]
+    for model in trained:
+        cells = []
+        for mode in ("official", "fold"):
+            found = {float(r["beta"]): r for r in points if r["model"] == model and r["bn_mode"] == mode}
+            cells.append(" / ".join(f"{float(found[b]['acc_after']):.2f} ({float(found[b]['params_pct']):.1f})"
+                                    if b in found else "–" for b in betas) if found else "not run")
+        paper = " (93.51)" if model == "VGG16" else ""
+        lines.append(f"| {model} | {float(trained[model]):.2f}{paper} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def frontier(measured: Path, methods: tuple[str, ...] | None = None) -> str:
+    """The accuracy-vs-parameters frontier of the shared VGG11 (``frontier_vgg11/weights/frontier.csv``)."""
+    rows = _rows(measured / "frontier_vgg11" / "weights" / "frontier.csv")
+    curves: dict[str, list[dict]] = {}
+    for r in rows:
+        if methods is None or r["method"] in methods:
+            std = r.get("acc_after_std")
+            curves.setdefault(r["method"], []).append(
+                {"target_params": float(r["target_params"]), "params_pct": float(r["params_pct"]),
+                 "acc_after": float(r["acc_after"]), "acc_after_std": float(std) if std else None})
+    budgets = sorted({float(r["target_params"]) for r in rows}, reverse=True)
+    return format_frontier(curves, budgets)
+
+
+README_FRONTIER = ("IFM (uniform widths)", "IFM (uniform widths) + correction (weights)",
+                   "k-means + correction (weights)", "IFM (uniform) + BN re-estimated on 2000 training images")
+
+
+def controls(measured: Path) -> str:
+    """Reduced-profile controls (``controls_reduced/controls.csv``, written by ``reproduce.py controls``)."""
+    rows = _rows(measured / "controls_reduced" / "controls.csv")
+    head = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "paper-scale": paper_scale,
+    "frontier": frontier,
+    "frontier-short": lambda measured: frontier(measured, README_FRONTIER),
+    "controls": controls,
+}
+
+
+def refresh(text: str, measured: Path) -> str:
+    """``text`` with every generated block rewritten from the files under ``measured``."""
+    def block(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise IFMError(f"unknown generated table {name!r}; known: {', '.join(TABLES)}")
+        return f"{match[1]}{TABLES[name](measured)}\n{match[4]}"
+    return BLOCK.sub(block, text)
+
+
+def documents(root: Path) -> list[Path]:
+    """The Markdown files that may hold generated tables: the README and the docs."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+

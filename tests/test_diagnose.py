@@ -1,0 +1,108 @@
+"""``reproduce.py diagnose`` finds what was built into the weights: exact duplicates, dead BN channels, channels
+never positive on data."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import models
+from ifm import channel_groups
+from ifm.experiments.diagnose import count_never_positive, diagnose_groups
+from ifm.experiments.synthetic import copy_channel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _constructed() -> tuple[dict, list]:
+    """A width-0.125 VGG11: 2 exact duplicate pairs in the first group, 3 dead channels (γ 0, β -1) in the
+    third, whose BN is ``features.9``."""
+    torch.manual_seed(0)
+    sd = models.create_model("VGG11", width=0.125).state_dict()
+    groups = channel_groups("VGG11", sd)
+    copy_channel(sd, groups[0], 0, 5)
+    copy_channel(sd, groups[0], 1, 6)
+    bn = next(m.key for m in groups[2].members if m.key.endswith(".weight") and sd[m.key].ndim == 1)
+    sd[bn][[2, 4, 7]] = 0.0
+    sd[bn.replace("weight", "bias")][[2, 4, 7]] = -1.0
+    return sd, groups
+
+
+def test_duplicates_and_dead_channels_built_into_the_weights_are_found():
+    sd, groups = _constructed()
+    rows = {r.group: r for r in diagnose_groups(sd, groups)}
+    first, third = rows[groups[0].name], rows[groups[2].name]
+    assert first.duplicate_pairs == 2 and first.min_distance == 0.0
+    assert third.dead_bn == 3 and third.bn_scale_min == 0.0
+    others = [r for name, r in rows.items() if name not in (groups[0].name,)]
+    assert all(r.duplicate_pairs == 0 and r.min_distance > 1e-3 for r in others)
+    assert sum(r.dead_bn for r in rows.values()) == 3 and all(r.dead_relu is None for r in rows.values())
+    # the median against a direct computation of Eq. 6 (rows and columns of the first group)
+    w0, w1 = sd["features.0.weight"].double().flatten(1), sd["features.4.weight"].double().transpose(0, 1).flatten(1)
+    v = torch.cat([w0, w1], 1)
+    d = torch.cdist(v, v) ** 2
+    off = d[~torch.eye(len(v), dtype=torch.bool)] / d.max()
+    assert abs(first.median_distance - float(off.median())) < 1e-9
+
+
+def test_channels_never_positive_on_data_are_counted():
+    sd, groups = _constructed()
+    model = models.create_model("VGG11", width=0.125)
+    model.load_state_dict(sd)
+    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dead = count_never_positive(model, groups, [images[:32], images[32:]])
+    model.eval()
+    with torch.no_grad():  # directly: the BN outputs of every layer on all images at once
+        for group, bn in zip(groups, [k for k, m in enumerate(model.features) if isinstance(m, torch.nn.BatchNorm2d)]):
+            peak = model.features[:bn + 1](images).amax((0, 2, 3))
+            assert dead[group.name] == int((peak <= 0).sum())
+            if group is groups[2]:
+                assert bool((peak[[2, 4, 7]] <= 0).all()) and dead[group.name] >= 3
+    assert set(dead) == {g.name for g in groups}  # every VGG group has one producing conv
+
+
+def test_the_diagnose_command_writes_json_csv_and_figure(tmp_path, cifar_root, monkeypatch, capsys):
+    sd, _ = _constructed()
+    torch.save(sd, tmp_path / "c.pt")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+    code = reproduce.main(["diagnose", "--arch", "VGG11", "--model_param", str(tmp_path / "c.pt"), "--data_root",
+                           str(cifar_root), "--images", "40", "--out", str(tmp_path / "diag"), "--no_progress"])
+    assert code == 0
+    rows = json.loads((tmp_path / "diag" / "diagnose.json").read_text())
+    assert len(rows) == 8 and rows[0]["duplicate_pairs"] == 2 and rows[2]["dead_bn"] == 3 and rows[2]["dead_relu"] >= 3
+    assert (tmp_path / "diag" / "diagnose.csv").read_text().count("\n") == 9
+    assert (tmp_path / "diag" / "diagnose.png").stat().st_size > 0
+    assert "dup pairs" in capsys.readouterr().out
+
+
+def _reproduction(folder: Path, trained: float, official_pct: float, fold_pct: float, min_last: float) -> Path:
+    rows = [{"model": "VGG11", "bn_mode": mode, "trained_acc": trained, "params": 10, "beta_95": 0.2,
+             "acc_at_beta_95": trained - 1, "params_pct_at_beta_95": pct}
+            for mode, pct in (("official", official_pct), ("fold", fold_pct))]
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"models": rows}))
+    (folder / "diagnose" / "VGG11").mkdir(parents=True)
+    layers = [{"min_distance": 0.3, "dead_bn": 1, "dead_relu": 2}, {"min_distance": min_last, "dead_bn": 0,
+                                                                    "dead_relu": None}]
+    (folder / "diagnose" / "VGG11" / "diagnose.json").write_text(json.dumps(layers))
+    return folder
+
+
+def test_controls_say_what_moved_beyond_the_seed_spread(tmp_path, capsys):
+    base = _reproduction(tmp_path / "base", 79.0, 90.0, 80.0, 0.2)
+    fp32 = _reproduction(tmp_path / "fp32", 79.5, 70.0, 80.5, 0.1)
+    seed = _reproduction(tmp_path / "s1", 78.0, 88.0, 79.0, 0.25)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+    assert reproduce.main(["controls", "--run", "base", str(base), "baseline", "--run", "fp32", str(fp32), "fp32",
+                           "--run", "s1", str(seed), "seed 1", "--seed_run", "s1", "--out", str(tmp_path / "c")]) == 0
+    summary = (tmp_path / "c" / "summary.md").read_text()
+    assert ("**fp32** (fp32): trained accuracy +0.50 points (within the seed spread); params kept at β95 (official) "
+            "-20.00 points (beyond the seed spread); params kept at β95 (fold) +0.50 points (within the seed spread).") \
+        in summary
+    assert "**seed 1** (s1): trained accuracy -1.00 points; params kept at β95 (official) -2.00 points" in summary
+    rows = (tmp_path / "c" / "controls.csv").read_text().splitlines()
+    assert rows[2].split(",")[:4] == ["fp32", "fp32", "79.50", "0.2 → 70.0 (78.50)"] and rows[2].endswith(",0.1,1 / 2")
