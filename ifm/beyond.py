@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, base_key, split_segments
+from .groups import ChannelGroup, base_key, channel_slices, split_segments
 from .permute import select_channels
 
 Tensor = torch.Tensor
@@ -143,7 +143,7 @@ def channel_scores(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Ten
     for key, axis, _ in group.members:
         w = views[key]
         if axis == 0 and w.ndim >= 2:
-            score += w.reshape(group.width, -1).abs().sum(dim=1).double()
+            score += channel_slices(w, 0, group.width).abs().sum(dim=1).double()
     return score
 
 

@@ -84,6 +84,11 @@ def _reproduction(folder: Path, trained: float, official_pct: float, fold_pct: f
             for mode, pct in (("official", official_pct), ("fold", fold_pct))]
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({"models": rows}))
+    records = [{"model": "VGG11", "bn_mode": mode, "bn_correction": "none", "beta": beta, "acc_after": acc,
+                "params_pct": pct} for mode, beta, acc, pct in
+               (("official", 0.1, trained - 2, official_pct + 5), ("official", 0.2, trained - 1, official_pct),
+                ("fold", 0.2, trained - 3, fold_pct))]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "diagnose" / "VGG11").mkdir(parents=True)
     layers = [{"min_distance": 0.3, "dead_bn": 1, "dead_relu": 2}, {"min_distance": min_last, "dead_bn": 0,
                                                                     "dead_relu": None}]
@@ -100,9 +105,11 @@ def test_controls_say_what_moved_beyond_the_seed_spread(tmp_path, capsys):
     assert reproduce.main(["controls", "--run", "base", str(base), "baseline", "--run", "fp32", str(fp32), "fp32",
                            "--run", "s1", str(seed), "seed 1", "--seed_run", "s1", "--out", str(tmp_path / "c")]) == 0
     summary = (tmp_path / "c" / "summary.md").read_text()
-    assert ("**fp32** (fp32): trained accuracy +0.50 points (within the seed spread); params kept at β95 (official) "
-            "-20.00 points (beyond the seed spread); params kept at β95 (fold) +0.50 points (within the seed spread).") \
-        in summary
-    assert "**seed 1** (s1): trained accuracy -1.00 points; params kept at β95 (official) -2.00 points" in summary
+    assert ("**fp32** (fp32): trained accuracy +0.50 (within the seed spread); params kept at β95 (official) -20.00 "
+            "(beyond the seed spread); accuracy at β 0.1 (official) +0.50 (within the seed spread); accuracy at β 0.2 "
+            "(official) +0.50 (within the seed spread); params kept at β95 (fold) +0.50 (within the seed spread); "
+            "accuracy at β 0.2 (fold) +0.50 (within the seed spread).") in summary
+    assert "**seed 1** (s1): trained accuracy -1.00; params kept at β95 (official) -2.00;" in summary
     rows = (tmp_path / "c" / "controls.csv").read_text().splitlines()
-    assert rows[2].split(",")[:4] == ["fp32", "fp32", "79.50", "0.2 → 70.0 (78.50)"] and rows[2].endswith(",0.1,1 / 2")
+    assert rows[3] == "fp32,fp32,79.50,0.1,1 / 2,official,0.2 → 70.0 (78.50),77.50 (75.0),78.50 (70.0)"
+    assert rows[4] == "fp32,fp32,79.50,0.1,1 / 2,fold,0.2 → 80.5 (78.50),–,76.50 (80.5)"

@@ -147,3 +147,16 @@ def test_the_readme_is_read_in_five_minutes():
     assert len(lines) <= 200
     for page in re.findall(r"\]\((docs/[\w.]+\.md)", "\n".join(lines)):
         assert (ROOT / page).is_file(), page
+
+
+def test_the_architecture_page_names_every_module_and_the_method_does_not_import_the_harness():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("| layer | modules |"):text.index("## Where to add")]
+    named = {name for row in table.splitlines()[2:] if row.startswith("|") for name in re.findall(r"`(?:experiments/)?(\w+)`",
+                                                                            row.split("|")[2])}
+    method = {p.stem for p in (ROOT / "ifm").glob("*.py")} - {"__init__"}
+    harness = {p.stem for p in (ROOT / "ifm" / "experiments").glob("*.py")} - {"__init__"}
+    assert method | harness == named
+    for path in (ROOT / "ifm").glob("*.py"):
+        assert not re.search(r"from \.experiments|import ifm\.experiments|from ifm\.experiments",
+                             path.read_text()), path.name

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import IFMError
-from .io import atomic_write, write_csv
+from .io import atomic_write, read_jsonl, write_csv
+from .reproduction import SWEEP_MODES
 
-MODES = ("official", "fold", "repaired")
+#: the β values at which every sweep mode's accuracy is compared (besides Fig. 3(b)'s β)
+REFERENCE_BETAS = (0.1, 0.2)
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,11 @@ class ControlRun:
     folder: Path
 
 
-def measure(run: ControlRun, model: str) -> dict:
-    """What a run gives for ``model``: trained accuracy (fp32 evaluation), per mode the remaining parameters and
-    accuracy at the largest β keeping ≥ 95 % of it, and from ``diagnose/<model>/diagnose.json`` the smallest
-    normalised distance (last merged layer, and over all layers) and the dead channels."""
+def measure(run: ControlRun, model: str, betas: Sequence[float] = REFERENCE_BETAS) -> dict:
+    """What a run gives for ``model``: trained accuracy (fp32 evaluation); per sweep mode the remaining parameters
+    and accuracy at the largest β keeping ≥ 95 % of it, and at each of ``betas``; from
+    ``diagnose/<model>/diagnose.json`` the smallest normalised distance (last merged layer, all layers) and the
+    dead channels."""
     summary_path = run.folder / "summary.json"
     if not summary_path.is_file():
         raise IFMError(f"{summary_path} is missing: run reproduce_cifar10.py --out {run.folder} first")
@@ -35,13 +38,17 @@ def measure(run: ControlRun, model: str) -> dict:
     rows = {r["bn_mode"]: r for r in summary["models"] if r["model"] == model}
     if not rows:
         raise IFMError(f"{run.folder} has no sweep of {model}")
-    found = {"run": run.name, "changed": run.changed,
-             "trained_acc": next(iter(rows.values()))["trained_acc"]}
-    for mode in MODES:
-        r = rows.get(mode)
-        found[f"{mode}_params_pct"] = r["params_pct_at_beta_95"] if r and r["beta_95"] is not None else None
-        found[f"{mode}_acc"] = r["acc_at_beta_95"] if r and r["beta_95"] is not None else None
-        found[f"{mode}_beta"] = r["beta_95"] if r else None
+    records = [r for r in read_jsonl(run.folder / "results.jsonl") if r.get("model") == model]
+    found = {"run": run.name, "changed": run.changed, "trained_acc": next(iter(rows.values()))["trained_acc"],
+             "modes": {}}
+    for mode, r in rows.items():
+        fields = SWEEP_MODES.get(mode, {"bn_mode": mode})
+        mine = [x for x in records if all(x.get(k, "none") == v for k, v in fields.items())
+                and (x.get("bn_correction", "none") == fields.get("bn_correction", "none"))]
+        found["modes"][mode] = {
+            "beta_95": r["beta_95"], "params_pct_95": r["params_pct_at_beta_95"], "acc_95": r["acc_at_beta_95"],
+            **{f"at_{b:g}": next(((x["acc_after"], x["params_pct"]) for x in mine if abs(x["beta"] - b) < 1e-9),
+                                 None) for b in betas}}
     diagnosis = run.folder / "diagnose" / model / "diagnose.json"
     if diagnosis.is_file():
         layers = json.loads(diagnosis.read_text())
@@ -56,43 +63,52 @@ def _cell(value, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def table_rows(measured: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """The comparison as text cells (the generated table of the docs)."""
-    head = ["run", "changed", "trained acc", *[f"{m}: β95 → params % (acc)" for m in MODES],
-            "min dist (last layer)", "dead (BN / ReLU)"]
+def table_rows(measured: Sequence[dict], betas: Sequence[float] = REFERENCE_BETAS
+               ) -> tuple[list[str], list[list[str]]]:
+    """The comparison as text cells, one row per run and sweep mode (the generated table of the docs)."""
+    head = ["run", "changed", "trained acc", "min dist (last layer)", "dead (BN / ReLU)", "sweep",
+            "β95 → params % (acc)", *[f"acc at β {b:g} (params %)" for b in betas]]
     rows = []
     for m in measured:
-        cells = [m["run"], m["changed"], _cell(m["trained_acc"], ".2f")]
-        for mode in MODES:
-            cells.append("–" if m[f"{mode}_params_pct"] is None else
-                         f"{m[f'{mode}_beta']:g} → {m[f'{mode}_params_pct']:.1f} ({m[f'{mode}_acc']:.2f})")
-        cells += [_cell(m.get("min_distance_last"), ".3g"),
-                  f"{m['dead_bn']} / {m['dead_relu']}" if "dead_bn" in m else "–"]
-        rows.append(cells)
+        structure = [_cell(m.get("min_distance_last"), ".3g"), f"{m['dead_bn']} / {m['dead_relu']}" if "dead_bn" in m
+                     else "–"]
+        for mode, r in m["modes"].items():
+            chosen = "–" if r["beta_95"] is None else f"{r['beta_95']:g} → {r['params_pct_95']:.1f} ({r['acc_95']:.2f})"
+            at = [_cell(r[f"at_{b:g}"] and r[f"at_{b:g}"][0], ".2f")
+                  + ("" if r[f"at_{b:g}"] is None else f" ({r[f'at_{b:g}'][1]:.1f})") for b in betas]
+            rows.append([m["run"], m["changed"], _cell(m["trained_acc"], ".2f"), *structure, mode, chosen, *at])
     return head, rows
 
 
-def effects(measured: Sequence[dict], seed_run: str | None) -> list[str]:
+def _quantities(run: dict, betas: Sequence[float]) -> dict[str, float]:
+    """The numbers a control may move, by label."""
+    found = {"trained accuracy": run["trained_acc"]}
+    for mode, r in run["modes"].items():
+        if r["params_pct_95"] is not None:
+            found[f"params kept at β95 ({mode})"] = r["params_pct_95"]
+        for b in betas:
+            if r[f"at_{b:g}"] is not None:
+                found[f"accuracy at β {b:g} ({mode})"] = r[f"at_{b:g}"][0]
+    return found
+
+
+def effects(measured: Sequence[dict], seed_run: str | None, betas: Sequence[float] = REFERENCE_BETAS) -> list[str]:
     """One sentence per control: how far each quantity moved from the baseline (the first run), next to the
     seed-to-seed spread (the run named ``seed_run``), and whether that is beyond it."""
-    base = measured[0]
-    seed = next((m for m in measured if m["run"] == seed_run), None)
-    keys = [("trained_acc", "trained accuracy", "points"),
-            *[(f"{mode}_params_pct", f"params kept at β95 ({mode})", "points") for mode in MODES]]
-
-    def delta(run: dict, key: str) -> float | None:
-        return None if run.get(key) is None or base.get(key) is None else run[key] - base[key]
+    base = _quantities(measured[0], betas)
+    seed = next((_quantities(m, betas) for m in measured if m["run"] == seed_run), None)
     sentences = []
     for run in measured[1:]:
+        mine = _quantities(run, betas)
         parts = []
-        for key, label, unit in keys:
-            moved = delta(run, key)
-            if moved is None:
+        for label, value in mine.items():
+            if label not in base:
                 continue
-            noise = delta(seed, key) if seed is not None and run is not seed else None
+            moved = value - base[label]
+            noise = None if seed is None or run["run"] == seed_run or label not in seed else seed[label] - base[label]
             verdict = ("" if noise is None else
                        " (beyond the seed spread)" if abs(moved) > abs(noise) else " (within the seed spread)")
-            parts.append(f"{label} {moved:+.2f} {unit}{verdict}")
+            parts.append(f"{label} {moved:+.2f}{verdict}")
         sentences.append(f"- **{run['changed']}** ({run['run']}): " + "; ".join(parts) + ".")
     return sentences
 
@@ -107,7 +123,8 @@ def write_controls(measured: Sequence[dict], out: str | Path, model: str, seed_r
     lines = [f"# Controls: {model}, what moves IFM's result", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", f"Against the baseline ({measured[0]['run']}); the spread between two seeds is the noise level:", ""]
+    lines += ["", f"Against the baseline ({measured[0]['run']}), in accuracy or parameter points; the difference "
+              "between two seeds of the baseline's recipe is the noise level:", ""]
     lines += effects(measured, seed_run)
     summary = "\n".join(lines) + "\n"
     written["md"] = atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(summary))
