@@ -99,6 +99,12 @@ def _numpy_file(w: Work) -> list[str]:
     return _vgg("--no_eval", "--model_param", "x.npy")
 
 
+def _pickled_objects(w: Work) -> list[str]:
+    import numpy as np
+    torch.save({"features.0.weight": np.zeros(3)}, w.dir / "objects.pt")  # a NumPy array, not a tensor
+    return _vgg("--no_eval", "--model_param", "objects.pt")
+
+
 def _cache_is_a_folder(w: Work) -> list[str]:
     (w.dir / "out" / "baseline_cache.jsonl").mkdir(parents=True)
     return _eval("--results", "out/r.jsonl")
@@ -116,7 +122,11 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
     "missing checkpoint": (lambda w: _vgg("--no_eval", "--model_param", "nope.pt"), "checkpoint not found"),
     "0-byte checkpoint": (lambda w: (w.dir / "e.pt").touch() or _vgg("--no_eval", "--model_param", "e.pt"),
                           "the file is empty"),
-    "a NumPy file as checkpoint": (_numpy_file, "x.npy is not a torch.save'd state dict (it holds pickled"),
+    "a NumPy file as checkpoint": (_numpy_file, "cannot read checkpoint x.npy: it is not a file written by torch.save"),
+    "pickled objects as checkpoint": (_pickled_objects, "cannot read checkpoint objects.pt: it holds pickled Python"),
+    "text bytes as checkpoint": (lambda w: (w.dir / "t.pt").write_bytes(b"not a checkpoint")
+                                 and _vgg("--no_eval", "--model_param", "t.pt"),
+                                 "cannot read checkpoint t.pt: it is not a file written by torch.save"),
     "a folder as --model_param": (lambda w: _vgg("--no_eval", "--model_param", "cifar"), "checkpoint cifar is a folder"),
     "a failed run in a new results folder": (lambda w: _vgg("--no_eval", "--model_param", "nope.pt", "--results",
                                                             "new/r.jsonl"), "checkpoint not found"),

@@ -105,7 +105,7 @@ def load_state_dict_file(path: str | os.PathLike | None) -> dict[str, Tensor]:
             warnings.simplefilter("ignore")  # (the pickle-protocol warning of a file that is no checkpoint)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, truncated, or pickled objects
-        raise IFMError(f"{path} is not a torch.save'd state dict ({_unreadable_reason(path, exc)})") from None
+        raise IFMError(f"cannot read checkpoint {path}: {_unreadable_reason(path, exc)}") from None
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -120,10 +120,13 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
     if path.stat().st_size == 0:
         return "the file is empty"
     text = str(exc)
-    if "Unsupported global" in text or "Weights only load failed" in text:
+    if "Unsupported global" in text:
         return ("it holds pickled Python objects, e.g. a whole model or a NumPy array: save model.state_dict() "
                 "with torch.save")
-    return f"{type(exc).__name__}: {text.strip().splitlines()[0][:120]}" if text.strip() else type(exc).__name__
+    if "Weights only load failed" in text:  # the unpickler met bytes that are no pickle at all
+        return "it is not a file written by torch.save (wrong file, or damaged): save model.state_dict() with torch.save"
+    detail = text.strip().splitlines()[0][:120] if text.strip() else ""
+    return f"it is not a file written by torch.save ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, overwrite: bool = False) -> Path:
