@@ -63,6 +63,13 @@ def test_smoke_profile_controls_flip_only_training_and_the_repaired_sweep(cifar_
     assert (out / "fig3a_repaired.png").exists()
     with pytest.raises(IFMError, match="augment"):  # the same folder with the default augmentation is refused
         reproduce(dataclasses.replace(run, augment=("crop", "flip")), log=lambda line: None)
+    # a later call for another model summarises the folder's earlier models too (and repeats none of their work)
+    lines: list[str] = []
+    summary = reproduce(dataclasses.replace(run, models=("ResNet18",)), log=lines.append)
+    assert [r["model"] for r in summary["training"]] == ["VGG11", "ResNet18"]
+    assert {r["model"] for r in summary["models"]} == {"VGG11", "ResNet18"}
+    assert "VGG11" in (out / "training.csv").read_text() and any("also summarised: VGG11" in x for x in lines)
+    assert len(list(read_jsonl(out / "results.jsonl"))) == 2 * len(records)
 
 
 def test_an_interrupted_training_resumes_where_it_stopped(cifar_root, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -424,6 +424,13 @@ def format_summary(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------ all stages
+def trained_models(out: Path, exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The known models whose training finished in ``out`` (``checkpoints/<model>/summary.json``), in
+    :data:`KNOWN_MODELS` order, less ``exclude``."""
+    return tuple(m for m in KNOWN_MODELS
+                 if m not in exclude and (out / "checkpoints" / m / "summary.json").is_file())
+
+
 def reproduce(settings: ReproductionSettings, log: Callable[[str], None] = print) -> dict:
     """Train, sweep, draw and summarise; every stage skips what is already done."""
     profile = check_settings(settings)
@@ -431,6 +438,11 @@ def reproduce(settings: ReproductionSettings, log: Callable[[str], None] = print
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "profile.json").exists():
         write_json(out / "profile.json", {**settings.identity(), "description": profile.description})
+    earlier = trained_models(out, exclude=settings.models)
+    if earlier:  # the summary and figures cover every model of the folder, not only this call's
+        log(f"also summarised: {', '.join(earlier)} (trained in {out} by an earlier call)")
+        wanted = set(settings.models) | set(earlier)
+        settings = dataclasses.replace(settings, models=tuple(m for m in KNOWN_MODELS if m in wanted))
     seconds = {}
     start = time.perf_counter()
     checkpoints = train_stage(settings, profile, log)
