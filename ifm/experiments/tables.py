@@ -43,9 +43,9 @@ def paper_scale(measured: Path) -> str:
     return "\n".join(lines)
 
 
-def frontier(measured: Path, methods: tuple[str, ...] | None = None) -> str:
-    """The accuracy-vs-parameters frontier of the shared VGG11 (``frontier_vgg11/weights/frontier.csv``)."""
-    rows = _rows(measured / "frontier_vgg11" / "weights" / "frontier.csv")
+def frontier(measured: Path, methods: tuple[str, ...] | None = None, folder: str = "frontier_vgg11") -> str:
+    """An accuracy-vs-parameters frontier (``<folder>/weights/frontier.csv``; by default the shared VGG11's)."""
+    rows = _rows(measured / folder / "weights" / "frontier.csv")
     curves: dict[str, list[dict]] = {}
     for r in rows:
         if methods is None or r["method"] in methods:
@@ -74,6 +74,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "paper-scale": paper_scale,
     "frontier": frontier,
     "frontier-short": lambda measured: frontier(measured, README_FRONTIER),
+    "frontier-resnet18": lambda measured: frontier(measured, folder="frontier_resnet18_reduced"),
     "controls": controls,
 }
 
