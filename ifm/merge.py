@@ -18,7 +18,7 @@ the group's closest pairs). Here:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -69,6 +69,8 @@ class MergeResult:
     max_ratio: float
     order: str
     correction_seconds: float = 0.0  # the data-free repair after merging (``ifm.correction``), if any
+    #: the consumers' Gram matrices before merging, kept for the correction (:attr:`IterativeMerger.column_grams`)
+    column_grams: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def n_merges(self) -> int:
@@ -193,7 +195,7 @@ class IterativeMerger:
 
     def __init__(self, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
-                 rule: MergeRule = "official"):
+                 rule: MergeRule = "official", keep_column_grams: bool = False):
         if dtype not in TIE_TOLERANCE:
             raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
         if rule not in MERGE_RULES:
@@ -240,6 +242,15 @@ class IterativeMerger:
                                                         self.summed_part), linked[index])
                        for index, g in enumerate(self.groups)]
         self.init_seconds = time.perf_counter() - start  # the first full distance pass
+        start = time.perf_counter()
+        #: with ``keep_column_grams``: per group, the Gram matrix of its consumers' columns before any merge (upper
+        #: triangle; groups whose columns part also holds members every rule averages are left out), for the
+        #: data-free correction (:mod:`ifm.correction`), which would otherwise compute it again
+        self.column_grams: dict[str, np.ndarray] = {}
+        for g, state in zip(self.groups, self.states) if keep_column_grams else ():
+            if not any(m.key in g.averaged and arrays[m.key].ndim >= 2 for m in g.members):
+                self.column_grams[g.name] = state.gram.parts[1].copy()
+        self.column_gram_seconds = time.perf_counter() - start
 
     # ----------------------------------------------------------------------------- distances
     def _part(self, group: ChannelGroup, key: str, axis: int) -> int:
@@ -404,7 +415,7 @@ class IterativeMerger:
             original_widths={s.group.name: s.original_width for s in self.states},
             clusters={s.group.name: [s.clusters[k] for k in s.official_slots()] for s in self.states},
             merge_log=log, iterations=iterations, seconds=seconds,
-            beta=beta, max_ratio=max_ratio, order=order)
+            beta=beta, max_ratio=max_ratio, order=order, column_grams=self.column_grams)
 
     def merged_state_dict(self) -> dict[str, Tensor]:
         """The merged weights gathered in official channel order, in the source dtypes and devices."""
@@ -491,7 +502,7 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
                               dtype: torch.dtype = torch.float64,
                               device: torch.device | str | None = None,
                               progress: bool = False, rule: MergeRule = "official",
-                              max_merges: int | None = None) -> MergeResult:
+                              max_merges: int | None = None, keep_column_grams: bool = False) -> MergeResult:
     """Run IFM on ``state_dict``.
 
     Args:
@@ -507,10 +518,12 @@ def iterative_feature_merging(state_dict: Mapping[str, Tensor], groups: Sequence
             exact duplicates through ReLU-like activations) or ``"mean"`` (the dual: rows and per-channel
             parameters count-weighted, columns summed: keeps it through any activation).
         max_merges: stop after this many merges (the first ones of the run without the cap; ``None``: no cap).
+        keep_column_grams: keep the consumers' Gram matrices for the correction (``MergeResult.column_grams``).
 
     Returns:
         A :class:`MergeResult`.
     """
     check_hyperparameters(beta, max_ratio)  # before the first distance pass, not after it
-    merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device, rule=rule)
+    merger = IterativeMerger(state_dict, groups, dtype=dtype, device=device, rule=rule,
+                             keep_column_grams=keep_column_grams)
     return merger.run(beta, max_ratio, order, progress, max_merges)

@@ -51,6 +51,63 @@ def test_corrected_merge_of_exact_duplicates_keeps_the_function(tmp_path, arch, 
     assert (merged - reference).abs().max() <= 1e-5 * reference.abs().max()
 
 
+def _naive_corrected_variance(sd, group, producer, members, rule) -> float:
+    """The ``weights`` estimator written out: each member's concatenated vector (fused row and bias, BN γ and β,
+    every consumer column), their cosines ρ̂, and Σ_ij ρ̂_ij a_i a_j (a = s·sign γ), ÷ n² for the mean rule, − eps."""
+    w = sd[f"{producer.layer}.weight"].double()
+    bias = sd.get(f"{producer.layer}.bias", torch.zeros(w.shape[0])).double()
+    mean, var = sd[f"{producer.bn}.running_mean"].double(), sd[f"{producer.bn}.running_var"].double()
+    gamma, beta = sd[f"{producer.bn}.weight"].double(), sd[f"{producer.bn}.bias"].double()
+    s = (var + producer.eps).sqrt()
+    vectors = []
+    for i in members:
+        k = gamma[i] / s[i]
+        parts = [w[i].flatten() * k, (beta[i] + (bias[i] - mean[i]) * k).view(1), gamma[i].view(1), beta[i].view(1)]
+        for m in group.members:
+            c = sd[m.key].double()
+            if m.axis == 1 and c.ndim >= 2:
+                parts.append(c.reshape(c.shape[0], group.width, -1)[:, i].flatten())
+        vectors.append(torch.cat(parts))
+    v = torch.stack(vectors)
+    u = v / v.norm(dim=1, keepdim=True)
+    a = torch.stack([s[i] * gamma[i].sign() for i in members])
+    total = (a @ (u @ u.T) @ a).item()
+    return total / (len(members) ** 2 if rule == "mean" else 1) - producer.eps
+
+
+@pytest.mark.parametrize("arch,stages", [("VGG11", None), ("ResNet18", (1, 2, 3, 4))])
+@pytest.mark.parametrize("rule", ["official", "mean"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_weights_estimator_stores_the_variance_of_the_naive_formula(arch, stages, rule, shared):
+    """Merged clusters of members that are not duplicates: every merged BN's variance against the formula written
+    out (``shared``: the consumers' Gram matrices of the merge's first pass are read, else computed again)."""
+    from ifm.correction import producers_of
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    sd = randomize_bn(models.create_model(arch, width=0.125).state_dict(), gen)
+    for key, value in sd.items():
+        if key.endswith(".weight") and value.ndim == 1:
+            value.mul_(torch.where(torch.rand(value.shape, generator=gen) < 0.3, -1.0, 1.0))  # some γ negative
+    arch_obj = load_model(RunSpec(arch=arch), initialise=True).arch
+    graph = arch_obj.trace(sd)
+    groups = channel_groups(arch_obj, sd, stages, rule=rule, graph=graph)
+    merger = IterativeMerger(sd, groups, rule=rule, device="cpu", keep_column_grams=shared)
+    result = merger.run(0.999, 0.6)
+    assert bool(result.column_grams) == shared
+    corrected = correct_merged(sd, result.state_dict, groups, result.clusters, rule, graph.batch_norms, "weights",
+                               column_grams=result.column_grams)
+    checked = 0
+    for group in groups:
+        for producer in producers_of(group, sd, graph.batch_norms):
+            for position, members in enumerate(result.clusters[group.name]):
+                if len(members) > 1 and producer.bn is not None:
+                    expected = _naive_corrected_variance(sd, group, producer, members, rule)
+                    got = corrected[f"{producer.bn}.running_var"][position].item()
+                    assert got == pytest.approx(max(expected, 0.0), rel=1e-4, abs=1e-6)
+                    checked += 1
+    assert checked > 20 and max(len(c) for cs in result.clusters.values() for c in cs) > 2
+
+
 def test_without_the_correction_official_merges_of_duplicates_change_the_function(tmp_path):
     loaded = load_model(RunSpec(arch="VGG11", model_param=_checkpoint_with_duplicates(tmp_path, "VGG11")))
     result = merge_weights(loaded, 1e-9)

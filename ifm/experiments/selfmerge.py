@@ -28,7 +28,7 @@ from ..device import pick_device
 from ..budget import Budget, check_budget, ifm_budget, params_at_widths, uniform_budget
 from ..correction import correct_merged
 from ..kmeans import kmeans_partition
-from ..merge import IterativeMerger, MergeResult, check_hyperparameters, iterative_feature_merging
+from ..merge import IterativeMerger, MergeResult, check_hyperparameters
 from ..metrics import count_flops, count_params
 from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
 from ..trace import TracedGraph
@@ -252,21 +252,26 @@ def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, orde
     if fold:  # each BN's producer and eps, from the graph
         state_dict = beyond.fold_batchnorm(state_dict, graph.batch_norms)
         merged_groups = beyond.without_bn_statistics(groups, graph.batch_norms)
-    if clustering == "kmeans":
-        partition = kmeans_partition(state_dict, merged_groups, max_ratio)
-        merger = IterativeMerger(state_dict, merged_groups, dtype=getattr(torch, dtype), device=device, rule=rule)
-        result = merger.merge_partition(partition)
+    # the consumers' Gram matrices of the merge's first pass serve the correction (folding changes the consumers)
+    keep = bn_correction == "weights" and not fold
+    partition = kmeans_partition(state_dict, merged_groups, max_ratio) if clustering == "kmeans" else None
+    if partition is None:
+        check_hyperparameters(beta, max_ratio)  # before the first distance pass
+    merger = IterativeMerger(state_dict, merged_groups, dtype=getattr(torch, dtype), device=device, rule=rule,
+                             keep_column_grams=keep)
+    if partition is None:
+        result = merger.run(beta, max_ratio, order, progress, max_merges)
     else:
-        result = iterative_feature_merging(state_dict, merged_groups, beta=beta, max_ratio=max_ratio, order=order,
-                                           dtype=getattr(torch, dtype), device=device, progress=progress, rule=rule,
-                                           max_merges=max_merges)
+        result = merger.merge_partition(partition)
     if fold:
         result.state_dict = beyond.reset_identity_bn(result.state_dict, graph.batch_norms)
     if bn_correction != "none":
         start = time.perf_counter()
         result.state_dict = correct_merged(original, result.state_dict, groups, result.clusters, rule,
-                                           graph.batch_norms, bn_correction, folded=fold)
-        result.correction_seconds = time.perf_counter() - start
+                                           graph.batch_norms, bn_correction, folded=fold,
+                                           column_grams=result.column_grams)
+        result.correction_seconds = time.perf_counter() - start + merger.column_gram_seconds
+    result.column_grams = {}  # (their only use was the correction)
     return result
 
 
