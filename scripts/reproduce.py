@@ -313,6 +313,26 @@ def cmd_diagnose(args) -> None:
     print("written: " + ", ".join(str(p) for p in written.values()))
 
 
+def cmd_bn_mismatch(args) -> None:
+    from dataclasses import asdict
+    from ifm.experiments.diagnose import batchnorm_mismatch, format_mismatch
+    from ifm.experiments.evaluate import tensor_batches
+    loaded = load_model(RunSpec(arch=args.arch, model_param=args.model_param))
+    if loaded.arch.dataset != "cifar10":
+        raise IFMError(f"bn-mismatch reads training images of CIFAR-10 models only, not {args.arch}'s")
+    train = datasets.load_cifar10(args.data_root, "train", progress=not args.no_progress)
+    images = train.subset(datasets.spread_indices(len(train), args.images))
+    mean, std = loaded.normalize or (None, None)
+    rows = batchnorm_mismatch(loaded.model, (x for x, _ in tensor_batches(images, 250, torch.device("cpu"), mean, std)))
+    print(format_mismatch(rows))
+    records = [asdict(r) for r in rows]
+    out = Path(args.out)
+    written = [write_json(out / "bn_mismatch.json", {"checkpoint": args.model_param, "images": len(images),
+                                                     "layers": records}),
+               write_csv(out / "bn_mismatch.csv", list(records[0]), [list(r.values()) for r in records])]
+    print("written: " + ", ".join(str(p) for p in written))
+
+
 def _diagnose_checkpoint(arch: str, checkpoint: Path, data_root: str | None, out: Path, no_progress: bool) -> None:
     cmd_diagnose(argparse.Namespace(arch=arch, model_param=str(checkpoint), data_root=data_root, images=1000,
                                     stages=None, out=str(out), no_progress=no_progress))
@@ -406,6 +426,11 @@ def main(argv=None) -> int:
     p.add_argument("--data_root", default=None, help="count channels never positive on training images (CIFAR-10)")
     p.add_argument("--images", type=int, default=1000, help="training images for the dead-channel count")
     p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNets: stages to diagnose (default all)")
+    p.add_argument("--no_progress", action="store_true")
+    p = add("bn-mismatch", cmd_bn_mismatch, "per BatchNorm of a (merged) checkpoint: its stored statistics against "
+            "those on training images (is a data-free repair right?)", model=True)
+    p.add_argument("--data_root", default="data/cifar10")
+    p.add_argument("--images", type=int, default=1000, help="training images to measure on")
     p.add_argument("--no_progress", action="store_true")
     p = add("controls", cmd_controls, "compare reproductions that differ in one setting (precision, augmentation, "
             "seed): what moves IFM's result")

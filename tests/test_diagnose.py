@@ -10,7 +10,7 @@ import torch
 
 import models
 from ifm import channel_groups
-from ifm.experiments.diagnose import count_never_positive, diagnose_groups
+from ifm.experiments.diagnose import batchnorm_mismatch, count_never_positive, diagnose_groups
 from ifm.experiments.synthetic import copy_channel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +63,46 @@ def test_channels_never_positive_on_data_are_counted():
     assert set(dead) == {g.name for g in groups}  # every VGG group has one producing conv
 
 
-def test_the_diagnose_command_writes_json_csv_and_figure(tmp_path, cifar_root, monkeypatch, capsys):
+def test_batchnorm_mismatch_measures_stored_against_data_statistics():
+    """Running statistics set to the data's own give ratio 1 and shift 0; a stored variance 4x too small gives ratio
+    4; a stored mean one std off gives shift 1."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    batches = [torch.randn(8, 3, 6, 6) * 2 + 1 for _ in range(3)]
+    with torch.no_grad():
+        z = torch.cat([model[0](x) for x in batches]).transpose(0, 1).reshape(4, -1).double()
+    mean, var = z.mean(1), z.var(1)
+    model[1].running_mean.copy_(mean)
+    model[1].running_var.copy_(var)
+    exact = batchnorm_mismatch(model, batches)[0]
+    assert exact.channels == 4 and abs(exact.var_ratio_median - 1) < 1e-5 and exact.mean_shift_median < 1e-5
+    model[1].running_var.copy_(var / 4)
+    model[1].running_mean.copy_(mean + (var + model[1].eps).sqrt())
+    off = batchnorm_mismatch(model, batches)[0]
+    assert abs(off.var_ratio_median - 4) < 1e-4 and abs(off.var_ratio_p10 - 4) < 1e-4
+    assert abs(off.mean_shift_median - 1) < 1e-4
+
+
+def _reproduce_on_constructed(tmp_path, cifar_root, command: str, images: int, out: str) -> int:
+    """``reproduce.py COMMAND`` on the constructed checkpoint, reading ``images`` training images."""
     sd, _ = _constructed()
     torch.save(sd, tmp_path / "c.pt")
     sys.path.insert(0, str(ROOT / "scripts"))
     import reproduce
-    code = reproduce.main(["diagnose", "--arch", "VGG11", "--model_param", str(tmp_path / "c.pt"), "--data_root",
-                           str(cifar_root), "--images", "40", "--out", str(tmp_path / "diag"), "--no_progress"])
-    assert code == 0
+    return reproduce.main([command, "--arch", "VGG11", "--model_param", str(tmp_path / "c.pt"), "--data_root",
+                           str(cifar_root), "--images", str(images), "--out", str(tmp_path / out), "--no_progress"])
+
+
+def test_the_bn_mismatch_command_writes_json_and_csv(tmp_path, cifar_root, capsys):
+    assert _reproduce_on_constructed(tmp_path, cifar_root, "bn-mismatch", 20, "mm") == 0
+    found = json.loads((tmp_path / "mm" / "bn_mismatch.json").read_text())
+    assert found["images"] == 20 and len(found["layers"]) == 8 and found["layers"][0]["layer"] == "features.1"
+    assert (tmp_path / "mm" / "bn_mismatch.csv").read_text().count("\n") == 9
+    assert "mean shift" in capsys.readouterr().out
+
+
+def test_the_diagnose_command_writes_json_csv_and_figure(tmp_path, cifar_root, monkeypatch, capsys):
+    assert _reproduce_on_constructed(tmp_path, cifar_root, "diagnose", 40, "diag") == 0
     rows = json.loads((tmp_path / "diag" / "diagnose.json").read_text())
     assert len(rows) == 8 and rows[0]["duplicate_pairs"] == 2 and rows[2]["dead_bn"] == 3 and rows[2]["dead_relu"] >= 3
     assert (tmp_path / "diag" / "diagnose.csv").read_text().count("\n") == 9

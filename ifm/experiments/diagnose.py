@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -104,7 +104,15 @@ def count_never_positive(model: nn.Module, groups: Sequence[ChannelGroup], batch
             peak = output.detach().transpose(0, 1).reshape(output.shape[1], -1).amax(1)
             peaks[name] = peak if name not in peaks else torch.maximum(peaks[name], peak)
         return record
-    handles = [modules[layer].register_forward_hook(hook(name)) for name, layer in watched.items()]
+    _forward_with_hooks(model, [(modules[layer], hook(name)) for name, layer in watched.items()], batches)
+    return {name: int((peak <= 0).sum()) for name, peak in peaks.items()}
+
+
+def _forward_with_hooks(model: nn.Module, hooks: Sequence[tuple[nn.Module, Callable]], batches: Iterable[Tensor]
+                        ) -> None:
+    """Run ``model`` (eval mode, no gradients) over ``batches`` with forward ``hooks`` on their modules, removed
+    afterwards."""
+    handles = [module.register_forward_hook(fn) for module, fn in hooks]
     try:
         model.eval()
         with torch.no_grad():
@@ -113,7 +121,54 @@ def count_never_positive(model: nn.Module, groups: Sequence[ChannelGroup], batch
     finally:
         for handle in handles:
             handle.remove()
-    return {name: int((peak <= 0).sum()) for name, peak in peaks.items()}
+
+
+@dataclass
+class BatchNormMismatch:
+    """One BatchNorm of a (merged) model: its stored statistics against those of its input on data, per channel."""
+
+    layer: str
+    channels: int
+    var_ratio_median: float  # measured variance / stored running_var (1: right; < 1: the stored one is too large)
+    var_ratio_p10: float
+    var_ratio_p90: float
+    mean_shift_median: float  # |measured mean − running_mean| / measured std
+
+
+def batchnorm_mismatch(model: nn.Module, batches: Iterable[Tensor]) -> list[BatchNormMismatch]:
+    """How far every BatchNorm's running statistics are from its input's statistics on ``batches`` (eval mode: the
+    model computes what it computes when deployed). A data-free repair is right where the ratios stay near 1."""
+    sums: dict[str, list] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+            total = sums.setdefault(name, [0, 0.0, 0.0])
+            total[0] += x.shape[1]
+            total[1] = total[1] + x.sum(1)
+            total[2] = total[2] + x.pow(2).sum(1)
+        return record
+    bns = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.running_var is not None}
+    _forward_with_hooks(model, [(m, hook(name)) for name, m in bns.items()], batches)
+    rows = []
+    for name, (count, total, squares) in sums.items():
+        bn = bns[name]
+        mean = total / count
+        var = (squares / count - mean.pow(2)).clamp_min(0) * count / max(count - 1, 1)
+        ratio = var / bn.running_var.double()
+        shift = (mean - bn.running_mean.double()).abs() / (var + bn.eps).sqrt()
+        q = torch.quantile(ratio, torch.tensor([0.1, 0.5, 0.9], dtype=ratio.dtype))
+        rows.append(BatchNormMismatch(name, len(ratio), float(q[1]), float(q[0]), float(q[2]), float(shift.median())))
+    return rows
+
+
+def format_mismatch(rows: Sequence[BatchNormMismatch]) -> str:
+    """A short table for the terminal."""
+    lines = [f"{'BatchNorm':24s} {'channels':>8} {'var measured/stored (10%, 50%, 90%)':>36} {'mean shift':>10}"]
+    lines += [f"{r.layer:24s} {r.channels:>8} {r.var_ratio_p10:>12.3g} {r.var_ratio_median:>11.3g} "
+              f"{r.var_ratio_p90:>11.3g} {r.mean_shift_median:>10.3g}" for r in rows]
+    return "\n".join(lines)
 
 
 def write_diagnosis(rows: Sequence[LayerDiagnosis], out: str | Path, title: str = "") -> dict[str, Path]:

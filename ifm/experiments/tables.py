@@ -58,7 +58,8 @@ def frontier(measured: Path, methods: tuple[str, ...] | None = None, folder: str
 
 
 README_FRONTIER = ("IFM (uniform widths)", "IFM (uniform widths) + correction (weights)",
-                   "k-means + correction (weights)", "IFM (uniform) + BN re-estimated on 2000 training images")
+                   "IFM (uniform widths, mean rule) + correction (rows)", "k-means + correction (weights)",
+                   "IFM (uniform) + BN re-estimated on 2000 training images")
 
 
 def controls(measured: Path) -> str:
