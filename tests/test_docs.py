@@ -31,6 +31,7 @@ NOT_RUN = [
     (r"compare_methods\.py|bench_|table2", "benchmarks and frontiers take minutes"),
     (r"mypackage|densenet|--resume", "names a user's own files or run"),
     (r"reproduce\.py controls", "reads the reproduction folders of the runs before it"),
+    (r"bn-mismatch .*merged\.pt", "reads the merged checkpoint the command before it writes (run in test_diagnose)"),
 ]
 #: sample counts shrunk to the sandbox's data (smoke-sized), everything else as shown
 SMOKE = [(r"(--eval_samples|--train_samples|--recalibrate_bn) \d+", r"\1 16"), (r"data\.subset=\d+", "data.subset=40")]

@@ -170,14 +170,14 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
 
 
-SLOW_MODELS = ("wide_resnet50_2", "resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d", "convnext_tiny",
+SLOW_MODELS = ("resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d", "convnext_tiny",
                "timm/mobilenetv3_large_100", "regnet_y_400mf", "efficientnet_b0", "mnasnet0_5")  # (the quick loop keeps two)
 DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rules tested), BN folded
     "mobilenet_v2": ("mean", ("mean",)),
     "mobilenet_v3_small": ("mean", ("mean", "official")),  # official: its ReLU blocks (depthwise, gate) merge
     "mnasnet0_5": ("official", ("official",)),  # ReLU and depthwise convs: kernels averaged by the official rule
     "efficientnet_b0": ("mean", ("mean",)), "regnet_y_400mf": ("official", ("official",)),
-    "resnext50_32x4d": ("official", ("official",)), "wide_resnet50_2": ("official", ("official",)),
+    "resnext50_32x4d": ("official", ("official",)),  # (wide_resnet50_2, the same graph 2x wider: only traced above)
     "googlenet": ("official", ("official",)),  # concatenations read by convs
     "densenet121": ("official", ("official",)),  # pre-activation BNs over concatenations: folded to affine
     "convnext_tiny": ("mean", ("mean",)),  # linears over the channels-last dim, GELU
