@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -290,9 +291,18 @@ def cmd_equivalence(args) -> None:
     print(f"figure: {path} (numbers: {csv})")
 
 
+def _training_batches(loaded, data_root: str, n: int, progress: bool) -> tuple[int, Iterator[torch.Tensor]]:
+    """``n`` CIFAR-10 training images spread over the split, normalised as the checkpoint was trained: their number
+    and their batches."""
+    from ifm.experiments.evaluate import tensor_batches
+    train = datasets.load_cifar10(data_root, "train", progress=progress)
+    images = train.subset(datasets.spread_indices(len(train), n))
+    mean, std = loaded.normalize or (None, None)
+    return len(images), (x for x, _ in tensor_batches(images, 250, torch.device("cpu"), mean, std))
+
+
 def cmd_diagnose(args) -> None:
     from ifm.experiments.diagnose import count_never_positive, diagnose_groups, format_diagnosis, write_diagnosis
-    from ifm.experiments.evaluate import tensor_batches
     loaded = load_model(RunSpec(arch=args.arch, model_param=args.model_param))
     stages = args.stages or ((1, 2, 3, 4) if loaded.arch.is_resnet else None)
     groups = channel_groups(loaded.arch, loaded.state_dict, stages)
@@ -300,10 +310,7 @@ def cmd_diagnose(args) -> None:
     if args.data_root:
         if loaded.arch.dataset != "cifar10":
             raise IFMError(f"diagnose reads training images of CIFAR-10 models only; leave out --data_root for {args.arch}")
-        train = datasets.load_cifar10(args.data_root, "train", progress=not args.no_progress)
-        images = train.subset(datasets.spread_indices(len(train), args.images))
-        mean, std = loaded.normalize or (None, None)
-        batches = (x for x, _ in tensor_batches(images, 250, torch.device("cpu"), mean, std))
+        _, batches = _training_batches(loaded, args.data_root, args.images, not args.no_progress)
         never_positive = count_never_positive(loaded.model, groups, batches)
     rows = diagnose_groups(loaded.state_dict, groups, never_positive)
     print(format_diagnosis(rows))
@@ -316,18 +323,15 @@ def cmd_diagnose(args) -> None:
 def cmd_bn_mismatch(args) -> None:
     from dataclasses import asdict
     from ifm.experiments.diagnose import batchnorm_mismatch, format_mismatch
-    from ifm.experiments.evaluate import tensor_batches
     loaded = load_model(RunSpec(arch=args.arch, model_param=args.model_param))
     if loaded.arch.dataset != "cifar10":
         raise IFMError(f"bn-mismatch reads training images of CIFAR-10 models only, not {args.arch}'s")
-    train = datasets.load_cifar10(args.data_root, "train", progress=not args.no_progress)
-    images = train.subset(datasets.spread_indices(len(train), args.images))
-    mean, std = loaded.normalize or (None, None)
-    rows = batchnorm_mismatch(loaded.model, (x for x, _ in tensor_batches(images, 250, torch.device("cpu"), mean, std)))
+    images, batches = _training_batches(loaded, args.data_root, args.images, not args.no_progress)
+    rows = batchnorm_mismatch(loaded.model, batches)
     print(format_mismatch(rows))
     records = [asdict(r) for r in rows]
     out = Path(args.out)
-    written = [write_json(out / "bn_mismatch.json", {"checkpoint": args.model_param, "images": len(images),
+    written = [write_json(out / "bn_mismatch.json", {"checkpoint": args.model_param, "images": images,
                                                      "layers": records}),
                write_csv(out / "bn_mismatch.csv", list(records[0]), [list(r.values()) for r in records])]
     print("written: " + ", ".join(str(p) for p in written))
