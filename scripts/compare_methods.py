@@ -34,6 +34,9 @@ def main(argv=None) -> int:
                         help="the correlation estimate of the data-free correction")
     parser.add_argument("--recalibrate", type=int, default=2000,
                         help="training images for the BN re-estimation reference (0: leave it out)")
+    parser.add_argument("--synthetic", type=int, default=64,
+                        help="images synthesised from the original BN statistics for the data-free BN re-estimation "
+                             "(0: leave those methods out)")
     parser.add_argument("--out", default="figures/frontier")
     parser.set_defaults(results="results/compare_methods.jsonl", seeds=2)
     args = parser.parse_args(argv)
@@ -44,7 +47,7 @@ def compare(args: argparse.Namespace) -> None:
     if any(not 0 < b <= 100 for b in args.budgets):
         raise IFMError(f"--budgets are percentages of the parameters to keep, in (0, 100]; got {args.budgets}")
     spec, options = from_args(args)
-    compared = methods(spec, args.estimator, args.recalibrate)
+    compared = methods(spec, args.estimator, args.recalibrate, args.synthetic)
     check_frontier(options, args.budgets, compared)
     writable_location(Path(args.out) / "frontier.csv", "--out")
     curves = frontier(spec, options, args.budgets, compared)

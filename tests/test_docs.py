@@ -34,7 +34,7 @@ NOT_RUN = [
     (r"bn-mismatch .*merged\.pt", "reads the merged checkpoint the command before it writes (run in test_diagnose)"),
 ]
 #: sample counts shrunk to the sandbox's data (smoke-sized), everything else as shown
-SMOKE = [(r"(--eval_samples|--train_samples|--recalibrate_bn) \d+", r"\1 16"), (r"data\.subset=\d+", "data.subset=40")]
+SMOKE = [(r"(--eval_samples|--train_samples|--recalibrate_bn|--synthetic_bn) \d+", r"\1 16"), (r"data\.subset=\d+", "data.subset=40")]
 ALIASES = {"ifm": "scripts/self_merge.py", "scripts/demo.sh": "scripts/demo.py"}
 
 
@@ -121,6 +121,7 @@ def test_every_offline_command_runs_on_smoke_data(doc, command, sandbox, monkeyp
         command = re.sub(pattern, replacement, command)
     script, args = _argv(command)
     monkeypatch.chdir(sandbox)
+    monkeypatch.setattr("ifm.synthesis.ITERATIONS", 20)  # synthetic images smoke-sized too
     monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args, *(["--no_progress"] if "self_merge" in script
                                                                      else [])])
     with pytest.raises(SystemExit) as exit_info:

@@ -6,8 +6,11 @@ Compared, at every budget P (percent of the parameters kept):
 * IFM with β allocation (the largest β that keeps P %), and IFM with uniform widths (the same share merged in
   every group), each without and with the data-free correction (:mod:`ifm.correction`); and IFM with uniform widths,
   the mean rule and the ``rows`` correction (on the VGG11, the best data-free result at the smallest budgets);
+* IFM with uniform widths (official and mean rule) and BN statistics re-estimated on images synthesised from the
+  original network's BN statistics (:mod:`ifm.synthesis`; data-free);
 * k-means clusters merged by the mean rule (Model Folding's plain fold), without and with the correction
-  (with it: our analogue of their data-free Fold-AR);
+  (with it: our analogue of their data-free Fold-AR), and with the synthetic-image re-estimation (their Fold-DIR's
+  analogue);
 * L1 and random channel pruning at the uniform widths;
 * BN statistics re-estimated on training images after IFM with uniform widths: a reference that uses data (dotted).
 """
@@ -35,9 +38,9 @@ class Method:
     uses_data: bool = False
 
 
-def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000) -> list[Method]:
+def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000, synthetic: int = 64) -> list[Method]:
     """The compared methods, each a variant of ``spec`` (its checkpoint, data and evaluation settings)."""
-    base = spec.replace(method="ifm", bn_mode="official", recalibrate_bn=0, bn_correction="none",
+    base = spec.replace(method="ifm", bn_mode="official", recalibrate_bn=0, synthetic_bn=0, bn_correction="none",
                         allocation="ifm", merge_rule="official")
     uniform = base.replace(allocation="uniform")
     kmeans = uniform.replace(method="kmeans")
@@ -47,8 +50,14 @@ def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000) 
              Method(f"IFM (uniform widths) + correction ({estimator})", uniform.replace(bn_correction=estimator)),
              Method("IFM (uniform widths, mean rule) + correction (rows)",  # the best data-free at the smallest budgets
                     uniform.replace(merge_rule="mean", bn_correction="rows")),
+             *([Method(f"IFM (uniform widths) + BN re-estimated on {synthetic} synthetic images",
+                       uniform.replace(synthetic_bn=synthetic)),
+                Method(f"IFM (uniform widths, mean rule) + BN re-estimated on {synthetic} synthetic images",
+                       uniform.replace(merge_rule="mean", synthetic_bn=synthetic))] if synthetic else []),
              Method("k-means, mean rule (Model Folding's fold)", kmeans),
              Method(f"k-means + correction ({estimator})", kmeans.replace(bn_correction=estimator)),
+             *([Method(f"k-means + BN re-estimated on {synthetic} synthetic images",
+                       kmeans.replace(synthetic_bn=synthetic))] if synthetic else []),
              Method("L1 pruning (uniform widths)", uniform.replace(method="l1")),
              Method(f"random pruning (uniform widths, {spec.seeds} seeds)", uniform.replace(method="random"))]
     if recalibrate and spec.evaluates:

@@ -31,6 +31,7 @@ class RunSpec:
     dtype: str = "float64"
     bn_mode: str = "official"
     recalibrate_bn: int = 0  # training images for BN re-estimation after merging
+    synthetic_bn: int = 0  # or: images synthesised from the original BN statistics (data-free, ifm.synthesis)
     method: str = "ifm"  # or a pruning baseline at IFM's widths: l1, random
     seeds: int = 5  # random pruning only
     data_root: str | None = None  # None: merge only, no evaluation
@@ -67,7 +68,8 @@ class RunSpec:
         """The settings as written into the run's record (and compared to skip a done run)."""
         return {"method": self.method, "beta": self.beta, "max_ratio": self.max_ratio, "order": self.order,
                 "stages": None if self.stages is None else list(self.stages), "dtype": self.dtype,
-                "bn_mode": self.bn_mode, "recalibrate_bn": self.recalibrate_bn, "merge_rule": self.merge_rule,
+                "bn_mode": self.bn_mode, "recalibrate_bn": self.recalibrate_bn, "synthetic_bn": self.synthetic_bn,
+                "merge_rule": self.merge_rule,
                 "seeds": self.seeds if self.method == "random" else None,
                 "bn_correction": self.bn_correction, "target_params": self.target_params,
                 "allocation": self.allocation if self.target_params is not None else None,
@@ -104,6 +106,7 @@ def from_args(args: argparse.Namespace) -> tuple[RunSpec, RunOptions]:
     spec = RunSpec(arch=arch_of(args), beta=args.threshold, model_param=get("model_param"), weights=get("weights"),
                    max_ratio=args.max_ratio, order=args.order, stages=get("stages"), dtype=args.dtype,
                    bn_mode=get("bn_mode") or "official", recalibrate_bn=get("recalibrate_bn") or 0,
+                   synthetic_bn=get("synthetic_bn") or 0,
                    method=get("baseline") or "ifm", seeds=get("seeds", 5),
                    data_root=None if args.no_eval else args.data_root, eval_samples=args.eval_samples,
                    download=bool(get("download")), input_size=get("input_size"),

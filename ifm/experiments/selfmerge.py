@@ -25,6 +25,7 @@ from ..errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from ..device import pick_device
+from .calibration import recalibrated, synthetic_calibration
 from ..budget import Budget, check_budget, ifm_budget, params_at_widths, uniform_budget
 from ..correction import correct_merged
 from ..kmeans import kmeans_partition
@@ -353,6 +354,10 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
         raise IFMError(f"--seeds must be positive, got {spec.seeds}")
     if spec.recalibrate_bn < 0:
         raise IFMError(f"--recalibrate_bn must be 0 or more, got {spec.recalibrate_bn}")
+    if spec.synthetic_bn < 0:
+        raise IFMError(f"--synthetic_bn must be 0 or more, got {spec.synthetic_bn}")
+    if spec.synthetic_bn and spec.recalibrate_bn:
+        raise IFMError("--synthetic_bn and --recalibrate_bn both re-estimate the BN statistics: give one of them")
     check_budget(spec.target_params, spec.allocation)
     if spec.allocation != "ifm" and spec.target_params is None:
         raise IFMError(f"--allocation {spec.allocation} applies with --target_params P; give the budget too")
@@ -382,8 +387,16 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
     merged_states = [result.state_dict]
     if spec.method in ("l1", "random"):
         merged_states = baseline_state_dicts(loaded, spec, result.widths)
+    if spec.synthetic_bn:
+        images, cached = synthetic_calibration(original, loaded.arch.input_size, loaded.digest, spec.synthetic_bn,
+                                               options.results, device, options.progress)
+        merged_states = [recalibrated(loaded.arch, s, images.images, device) for s in merged_states]
     merged = model_for_state_dict(loaded.arch, merged_states[0])
     record = make_record(loaded, spec, result, original, merged, device)
+    if spec.synthetic_bn:
+        record["synthesis"] = {"images": spec.synthetic_bn, "iterations": images.iterations, "cached": cached,
+                               "seconds": images.seconds, "start_loss": images.start_loss,
+                               "final_loss": images.final_loss}
     if budget is not None:
         record["budget_probes"] = budget.probes
     if spec.evaluates:
@@ -442,6 +455,7 @@ def format_record(record: dict) -> str:
              + (f"  merge rule {record.get('merge_rule_reason') or record.get('merge_rule')}"
                 if record.get("merge_rule", "official") != "official" or record.get("merge_rule_reason") else "")
              + (f"  bn_correction={record['bn_correction']}" if record.get("bn_correction", "none") != "none" else "")
+             + (f"  BN re-estimated on {record['synthetic_bn']} synthetic images" if record.get("synthetic_bn") else "")
              + (f"  budget {record['target_params']:g}% ({record['allocation']} allocation)"
                 if record.get("target_params") is not None else ""),
              f"{'':10s}{'before':>16s}{'after':>16s}{'%':>9s}",
@@ -493,6 +507,9 @@ def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
                    help="official: BN statistics summed on merge; fold: BN folded into the convs first")
     p.add_argument("--recalibrate_bn", type=int, default=0, metavar="N",
                    help="after merging, re-estimate BN statistics on N training images (data-dependent)")
+    p.add_argument("--synthetic_bn", type=int, default=0, metavar="N",
+                   help="after merging, re-estimate BN statistics on N images synthesised from the original "
+                        "network's BN statistics (data-free; made once per checkpoint, kept beside --results)")
     p.add_argument("--baseline", default=None, choices=["l1", "random", "kmeans"],
                    help="l1, random: channel pruning at IFM's widths instead of the merged model; kmeans: Model "
                         "Folding's channels (k-means per group, the same share --max_ratio in every group, merged "

@@ -58,7 +58,9 @@ def frontier(measured: Path, methods: tuple[str, ...] | None = None, folder: str
 
 
 README_FRONTIER = ("IFM (uniform widths)", "IFM (uniform widths) + correction (weights)",
-                   "IFM (uniform widths, mean rule) + correction (rows)", "k-means + correction (weights)",
+                   "IFM (uniform widths, mean rule) + correction (rows)",
+                   "IFM (uniform widths, mean rule) + BN re-estimated on 64 synthetic images",
+                   "k-means + correction (weights)", "k-means + BN re-estimated on 64 synthetic images",
                    "IFM (uniform) + BN re-estimated on 2000 training images")
 
 
