@@ -122,11 +122,16 @@ def reset_identity_bn(state_dict: Mapping[str, Tensor], batch_norms: BatchNorms 
     return out
 
 
+def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that hold running statistics."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> nn.Module:
     """Re-estimate every BN's running mean and variance on ``batches`` (cumulative average)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
+    for bn in batch_norm_layers(model):
         bn.reset_running_stats()
         bn.momentum = None
     model.train()

@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .beyond import batch_norm_layers
+
 Tensor = torch.Tensor
 
 #: optimisation settings, fixed (records name the image count; changing these changes results)
@@ -39,15 +41,9 @@ class SyntheticImages:
     losses: list[float] = field(default_factory=list)  # per chunk, at the end
 
 
-def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers of ``model`` that hold running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
-
-
 def statistics_loss(observed: list[tuple[nn.modules.batchnorm._BatchNorm, Tensor]]) -> Tensor:
-    """Σ over BN layers of ‖batch mean − running mean‖ + ‖batch std − running std‖ (std with the layer's eps),
-    the batch statistics taken per channel over every other axis of the BN's input."""
+    """Σ over BN layers of ‖batch mean − running mean‖ + ‖batch std − running std‖ (std with the layer's
+    eps), the batch statistics taken per channel over every other axis of the BN's input."""
     total = 0.0
     for bn, x in observed:
         dims = [d for d in range(x.ndim) if d != 1]

@@ -3,13 +3,14 @@ network's own BN statistics (:mod:`ifm.synthesis`), data-free. The images are ma
 count, and kept beside the results (``synthetic_images/``) so that sweeps and frontiers reuse them."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from .. import beyond
-from ..architectures import model_for_state_dict
+from ..architectures import Architecture, model_for_state_dict
 from .. import synthesis
 from ..synthesis import CHUNK, SyntheticImages, synthesize_images
 from .io import atomic_write
@@ -22,39 +23,36 @@ def synthetic_images_path(results: str | Path, digest: str, n: int) -> Path:
     return Path(results).parent / "synthetic_images" / f"{digest[:16]}_n{n}_it{synthesis.ITERATIONS}.pt"
 
 
-def synthetic_calibration(model: torch.nn.Module, input_size: Sequence[int], digest: str, n: int, results: str | Path,
-                          device: torch.device, progress: bool = False) -> tuple[SyntheticImages, bool]:
+def synthetic_calibration(model: torch.nn.Module, input_size: Sequence[int], digest: str, n: int,
+                          results: str | Path, device: torch.device, progress: bool = False
+                          ) -> tuple[SyntheticImages, bool]:
     """The ``n`` calibration images of the original ``model`` (read from the cache beside ``results``, or made and
     written there atomically); and whether they came from the cache."""
     path = synthetic_images_path(results, digest, n)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu")
-        return SyntheticImages(saved["images"], saved["start_loss"], saved["final_loss"], saved["seconds"],
-                               saved["iterations"], saved["losses"]), True
+        return SyntheticImages(**torch.load(path, map_location="cpu")), True
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=-(-n // CHUNK) * synthesis.ITERATIONS, desc=f"synthesising {n} BN calibration images", unit="step",
-                   leave=False)
 
     def report(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc=f"synthesising {n} BN calibration images", unit="step", leave=False)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     try:
-        made = synthesize_images(model.to(device), tuple(input_size), n, iterations=synthesis.ITERATIONS, device=device,
-                                 progress=report if bar is not None else None)
+        made = synthesize_images(model.to(device), tuple(input_size), n, iterations=synthesis.ITERATIONS,
+                                 device=device, progress=report if progress else None)
     finally:
         if bar is not None:
             bar.close()
     made.images = made.images.cpu()
-    atomic_write(path, lambda tmp: torch.save(
-        {"images": made.images, "start_loss": made.start_loss, "final_loss": made.final_loss,
-         "seconds": made.seconds, "iterations": made.iterations, "losses": made.losses}, tmp))
+    atomic_write(path, lambda tmp: torch.save(asdict(made), tmp))
     return made, False
 
 
-def recalibrated(arch, state_dict: dict[str, Tensor], images: Tensor, device: torch.device,
+def recalibrated(arch: str | Architecture, state_dict: dict[str, Tensor], images: Tensor, device: torch.device,
                  batch_size: int = CHUNK) -> dict[str, Tensor]:
     """``state_dict`` with every BN's running statistics re-estimated on ``images`` (their batch statistics
     averaged over chunks of ``batch_size``, the chunks they were synthesised in)."""

@@ -24,8 +24,8 @@ except ImportError:  # Windows
 PAPER_BETAS: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.1, 0.12, 0.14, 0.15, 0.18, 0.2)
 OFFICIAL_EXTRA_BETAS: tuple[float, ...] = (0.22, 0.24, 0.25, 0.26, 0.28, 0.3)
 SAME_RUN_FIELDS = ("model", "checkpoint", "checkpoint_digest", "method", "max_ratio", "order", "stages", "dtype",
-                   "eval_samples", "bn_mode", "recalibrate_bn", "synthetic_bn", "seeds", "data_root", "merge_rule", "bn_correction",
-                   "target_params", "allocation", "max_merges")
+                   "eval_samples", "bn_mode", "recalibrate_bn", "synthetic_bn", "seeds", "data_root", "merge_rule",
+                   "bn_correction", "target_params", "allocation", "max_merges")
 #: the value of a field that records written before it existed held implicitly
 FIELD_DEFAULTS = {"merge_rule": "official", "bn_correction": "none", "synthetic_bn": 0}
 
