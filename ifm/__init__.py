@@ -14,6 +14,7 @@ _HOMES = {
     "IFMError": "errors",
     "ChannelGroup": "groups", "LayerSpaces": "groups", "Member": "groups", "build_groups": "groups",
     "chain_spaces": "groups", "resnet_spaces": "groups",
+    "standard_layout": "layout",
     "IterativeMerger": "merge", "MergeResult": "merge", "MergeStep": "merge", "check_hyperparameters": "merge",
     "distance_matrices": "merge", "iterative_feature_merging": "merge",
     "count_flops": "metrics", "count_params": "metrics",

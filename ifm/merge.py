@@ -85,14 +85,23 @@ def check_hyperparameters(beta: float, max_ratio: float) -> None:
         raise ValueError(f"max_ratio must lie in (0, 1], got {max_ratio}; e.g. --max_ratio 1.0")
 
 
+def in_place_view(w: np.ndarray, *shape: int) -> np.ndarray:
+    """``w`` reshaped *without a copy*, so that writing into the result writes into ``w``; raises ``AttributeError``
+    where the memory layout would need one (``ndarray.reshape`` then copies silently, and merges written into
+    the copy are lost: the merger keeps its arrays C-ordered, whatever the layout of the state dict)."""
+    view = w.view()
+    view.shape = shape  # (NumPy refuses, instead of copying, when no view has this shape)
+    return view
+
+
 def _rows(w: np.ndarray, n: int) -> np.ndarray:
     """View with the channel on dim 0: ``(n, rest)``."""
-    return w.reshape(n, -1)
+    return in_place_view(w, n, w.size // n)
 
 
 def _cols(w: np.ndarray, n: int) -> np.ndarray:
     """View with the channel on dim 1: ``(out, n, block)`` (a flattened linear input has block > 1)."""
-    return w.reshape(w.shape[0], n, -1)
+    return in_place_view(w, w.shape[0], n, w.size // (w.shape[0] * n))
 
 
 class _GroupState:
@@ -186,8 +195,8 @@ class _Link:
 
 def _link_slices(w: np.ndarray, axis: int, n_own: int, n_other: int) -> np.ndarray:
     if axis == 0:  # own rows, other's columns
-        return w.reshape(n_own, n_other, -1)
-    return w.reshape(n_other, n_own, -1).transpose(1, 0, 2)  # own columns, other's rows
+        return in_place_view(w, n_own, n_other, w.size // (n_own * n_other))
+    return in_place_view(w, n_other, n_own, w.size // (n_own * n_other)).transpose(1, 0, 2)  # own columns, other's rows
 
 
 class IterativeMerger:
@@ -209,9 +218,11 @@ class IterativeMerger:
         self.segmented = any(parse_segment_key(m.key) for g in self.groups for m in g.members)
         self.source = split_segments(state_dict, self.groups) if self.segmented else state_dict
         member_keys = {m.key for g in self.groups for m in g.members}
-        # Merged in place on the CPU, as NumPy arrays (and tensor views of them); made by NumPy, which
-        # needs no thread pool (PyTorch's threads would spin against the BLAS threads).
-        self.arrays = arrays = {k: np.array(_as_numpy(self.source[k]), _numpy_dtype(dtype)) for k in member_keys}
+        # Merged in place on the CPU, as C-ordered NumPy arrays (and views of them), whatever the layout of the
+        # source tensors (channels-last, transposed, sliced: ``np.array`` would keep it, and a reshape of it copy);
+        # made by NumPy, which needs no thread pool (PyTorch's threads would spin against the BLAS threads).
+        self.arrays = arrays = {k: np.array(_as_numpy(self.source[k]), _numpy_dtype(dtype), order="C")
+                                for k in member_keys}
         bad = next((k for k in sorted(member_keys) if not np.isfinite(arrays[k]).all()), None)
         if bad is not None:
             raise IFMError(f"{bad} holds non-finite values (inf or NaN): IFM needs finite weights; "

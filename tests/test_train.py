@@ -187,6 +187,10 @@ def test_bf16_autocast_trains_on_the_cpu_and_is_recorded(cifar_root, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["precision"] == "bfloat16" and summary["cuda_graph"] is False  # CUDA graphs: CUDA only
     assert summary["channels_last"] is True and history[0].train_loss > 0
+    # a channels-last model is saved in the standard layout (its checkpoints merge right anywhere)
+    for saved in [torch.load(p, weights_only=True) for p in (run_dir / "params").glob("*.pt")] + \
+            [torch.load(run_dir / "state" / "last.pt", weights_only=True)["model"]]:
+        assert saved and all(v.is_contiguous() for v in saved.values())
 
 
 def test_a_second_training_with_the_same_prefix_refuses(cifar_root, tmp_path):

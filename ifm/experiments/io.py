@@ -18,6 +18,7 @@ except ImportError:  # Windows: appends are then unlocked
 import torch
 
 from ..errors import IFMError, IFMWarning
+from ..layout import standard_layout
 
 Tensor = torch.Tensor
 WRAPPER_KEYS = ("state_dict", "net", "model")
@@ -112,7 +113,8 @@ def load_state_dict_file(path: str | os.PathLike | None) -> dict[str, Tensor]:
             break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise IFMError(f"{path} holds no state dict (a dict of tensors, possibly under 'state_dict', 'net' or 'model')")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    # (in the standard layout: a checkpoint saved from a channels-last model holds channels-last tensors)
+    return standard_layout({(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()})
 
 
 def _unreadable_reason(path: Path, exc: Exception) -> str:
@@ -130,11 +132,12 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save atomically; refuse to replace an existing file unless ``overwrite``."""
+    """Save atomically, in the standard (contiguous) layout; refuse to replace an existing file unless
+    ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise IFMError(f"{path} exists; choose another path or pass --overwrite")
-    return atomic_write(path, lambda tmp: torch.save(dict(state_dict), tmp))
+    return atomic_write(path, lambda tmp: torch.save(standard_layout(state_dict), tmp))
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -25,6 +25,7 @@ import models
 from . import data as datasets
 from .config import Config
 from ..errors import IFMError
+from ..layout import standard_layout
 from .evaluate import Normalization, as_inputs, evaluate, normalization, tensor_batches
 from .io import append_jsonl, atomic_write, read_jsonl, write_json
 from .plots import pyplot, save_figure
@@ -264,8 +265,9 @@ class Trainer:
     def save_state(self, epoch: int) -> None:
         scheduler = self.scheduler.state_dict()  # its milestones Counter as a dict: loadable with weights_only
         scheduler["milestones"] = dict(scheduler["milestones"])
-        state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": scheduler, "scaler": self.step.scaler.state_dict()}
+        state = {"epoch": epoch, "model": standard_layout(self.model.state_dict()),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": scheduler,
+                 "scaler": self.step.scaler.state_dict()}
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
@@ -346,7 +348,8 @@ class Trainer:
         append_jsonl(self.run_dir / "metrics.jsonl", metrics.__dict__, sync=False)
         if (epoch + 1) % t.save_every == 0 or epoch == t.epochs - 1:
             path = self.run_dir / "params" / f"model_epoch{epoch}.pt"
-            atomic_write(path, lambda tmp: torch.save(self.model.state_dict(), tmp))
+            # a channels-last model is trained as it is, but saved in the standard layout (portable checkpoints)
+            atomic_write(path, lambda tmp: torch.save(standard_layout(self.model.state_dict()), tmp))
             self.save_state(epoch)
         if epoch == t.epochs - 1:
             plot_curves(self.run_dir)
