@@ -43,12 +43,14 @@ def main(argv=None) -> int:
     parser.add_argument("--augment", nargs="+", default=["crop", "flip"], choices=["crop", "flip"],
                         help="training augmentation: the official code crops and flips; the paper names the flip")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=float, default=None,
+                        help="the models' width multiplier instead of the profile's (e.g. 0.125 for a slower CPU)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     configure_threads()
     settings = ReproductionSettings(args.profile, tuple(args.models), args.data_root, args.out, args.device,
                                     args.precision, args.seed, not args.no_progress, tuple(args.bn_modes),
-                                    tuple(args.augment))
+                                    tuple(args.augment), args.width)
 
     def run() -> None:
         writable_folder(args.out, "--out")  # before any training

@@ -14,7 +14,8 @@ from ifm import channel_groups
 from ifm.architectures import model_for_state_dict
 from ifm.budget import params_at_widths, uniform_widths
 from ifm.correction import correct_merged
-from ifm.kmeans import kept_width, kmeans_clusters, kmeans_partition
+from ifm.kmeans import (_hartigan, _lloyd, kept_width, kmeans_clusters, kmeans_partition, span_coordinates,
+                        within_cluster_sum_of_squares)
 from ifm.merge import IterativeMerger
 from ifm.experiments.run import RunOptions, RunSpec
 from ifm.experiments.selfmerge import cli, load_model, merge_weights, parameter_keys, run_self_merge
@@ -190,6 +191,45 @@ def test_kmeans_finds_separated_clusters_and_gives_the_requested_widths():
     rows = sd[f"{first.layer}.weight"].flatten(1)
     expected = torch.stack([rows[c].mean(0) for c in result.clusters[first.name]])
     torch.testing.assert_close(result.state_dict[f"{first.layer}.weight"].flatten(1), expected)
+
+
+@pytest.mark.parametrize("n,d,k", [(64, 300, 32), (128, 40, 40), (96, 500, 12)])
+def test_kmeans_reaches_the_optimum_of_a_reference_implementation(n, d, k):
+    sklearn = pytest.importorskip("sklearn.cluster")
+    points = np.random.default_rng(n).normal(size=(n, d))  # like trained weights: no cluster structure, many optima
+    reference = sklearn.KMeans(k, n_init=10, random_state=0).fit(points)
+    clusters = [np.where(reference.labels_ == c)[0] for c in range(k)]
+    np.testing.assert_allclose(within_cluster_sum_of_squares(points, clusters), reference.inertia_, rtol=1e-9)
+    ours = kmeans_clusters(points, k)
+    assert sorted(c for cluster in ours for c in cluster) == list(range(n)) and len(ours) == k
+    assert within_cluster_sum_of_squares(points, ours) <= 1.01 * reference.inertia_
+
+
+def test_span_coordinates_keep_every_distance():
+    from scipy.spatial.distance import pdist
+    points = np.random.default_rng(0).normal(size=(20, 300))
+    coordinates = span_coordinates(points)
+    assert coordinates.shape[1] <= 20
+    np.testing.assert_allclose(pdist(coordinates), pdist(points), rtol=1e-10)
+
+
+def test_hartigan_moves_leave_no_single_move_that_lowers_the_sum():
+    gen = np.random.default_rng(1)
+    points = gen.normal(size=(40, 3))
+    x, k = span_coordinates(points), 6
+    lloyd = _lloyd(x, (x ** 2).sum(1), x[:k].copy(), 300)  # a poor start: Lloyd stops at a weak local optimum
+
+    def total(labels):
+        return within_cluster_sum_of_squares(points, [np.where(labels == c)[0] for c in range(k)])
+    labels = _hartigan(x, lloyd.astype(np.int64), k, 300)
+    assert total(labels) < total(lloyd) * 0.999
+    for i in range(len(points)):  # brute force: no single move lowers the sum further
+        if np.sum(labels == labels[i]) == 1:
+            continue
+        for c in set(range(k)) - {labels[i]}:
+            moved = labels.copy()
+            moved[i] = c
+            assert total(moved) >= total(labels) - 1e-9
 
 
 def _record(tmp_path, path, **spec) -> dict:

@@ -115,6 +115,19 @@ def test_paper_profile_is_the_papers_recipe():
     assert fast.train.cuda_graph is False  # CUDA only
 
 
+def test_long_profile_is_the_papers_schedule_at_reduced_width_and_width_overrides_it():
+    device = pick_device("cpu")
+    run = ReproductionSettings("long", ("VGG16",), "data", "out", "cpu", precision="fp32")
+    config = load_config(ROOT / "cfg" / "vgg16_training.yml", training_overrides(run, PROFILES["long"], device))
+    t = config.train
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.milestones, t.save_every) == (
+        150, 128, 0.1, 1e-4, [80, 120], 10)
+    assert config.model.width == 0.25 and "width" not in run.identity()
+    narrow = dataclasses.replace(run, width=0.125)
+    config = load_config(ROOT / "cfg" / "vgg16_training.yml", training_overrides(narrow, PROFILES["long"], device))
+    assert config.model.width == 0.125 and narrow.identity()["width"] == 0.125
+
+
 def record(model, beta, acc_before, acc_after, params_pct):
     return {"model": model, "beta": beta, "acc_before": acc_before, "acc_after": acc_after, "params_pct": params_pct}
 
@@ -150,6 +163,7 @@ def test_ordering_needs_strictly_fewer_parameters_with_depth():
 @pytest.mark.parametrize("args,message", [
     (["--models", "VGG99"], "unknown model 'VGG99'"),
     (["--profile", "huge"], "invalid choice"),
+    (["--width", "0"], "--width must lie in (0, 4]"),
 ])
 def test_bad_input_is_one_line(cifar_root, tmp_path, args, message):
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce_cifar10.py"), "--data_root", str(cifar_root),

@@ -93,10 +93,12 @@ class ReproductionSettings:
     progress: bool = True
     bn_modes: tuple[str, ...] = ("official", "fold")  # see SWEEP_MODES
     augment: tuple[str, ...] = ("crop", "flip")  # the official code's; the paper's App. D names the flip only
+    width: float | None = None  # the models' width multiplier instead of the profile's
 
     def identity(self) -> dict:
         """The fields that change results; another call on the same ``out`` must agree on them."""
-        return {"profile": self.profile, "precision": self.precision, "seed": self.seed, "augment": list(self.augment)}
+        return {"profile": self.profile, "precision": self.precision, "seed": self.seed, "augment": list(self.augment),
+                **({"width": self.width} if self.width is not None else {})}
 
 
 #: how a reproduction's sweeps merge: BN mode and data-free correction (RunSpec fields) per ``--bn_modes`` name
@@ -123,6 +125,8 @@ def check_settings(settings: ReproductionSettings) -> Profile:
         raise IFMError(f"--augment takes crop and/or flip; got {list(settings.augment)}")
     if settings.precision not in ("bf16", "fp32"):
         raise IFMError(f"--precision must be bf16 or fp32, got {settings.precision!r}")
+    if settings.width is not None and not 0 < settings.width <= 4:
+        raise IFMError(f"--width must lie in (0, 4], got {settings.width}; e.g. --width 0.25")
     marker = Path(settings.out) / "profile.json"
     if marker.exists():
         try:
@@ -146,7 +150,8 @@ def training_overrides(settings: ReproductionSettings, profile: Profile, device:
                                       f"data.augment=[{', '.join(settings.augment)}]",
                                       f"train.seed={settings.seed}", f"train.amp={str(fast).lower()}",
                                       f"train.channels_last={str(fast).lower()}",
-                                      f"train.cuda_graph={str(fast and device.type == 'cuda').lower()}"]
+                                      f"train.cuda_graph={str(fast and device.type == 'cuda').lower()}"] + \
+        ([f"model.width={settings.width}"] if settings.width is not None else [])
 
 
 def final_checkpoint(run_dir: Path, epochs: int) -> Path:
@@ -377,7 +382,10 @@ def write_summary(settings: ReproductionSettings, profile: Profile, records: dic
 def format_summary(summary: dict) -> str:
     p = summary["profile"]
     lines = [f"# CIFAR-10 reproduction: profile `{p['name']}`", ""]
-    if summary["reduced_scale"]:
+    width = summary["settings"].get("width")
+    if width is not None:
+        p = {**p, "description": f"{p['description']}; width set to {width:g} (--width)"}
+    if summary["reduced_scale"] or (width is not None and width < 1):
         lines += [f"**Reduced scale, not the paper's recipe** ({p['description']}). Numbers are not comparable "
                   "to the paper's; the comparison below shows whether the paper's effects appear at this scale.", ""]
     else:
