@@ -129,6 +129,8 @@ def cmd_fig2a(args) -> None:
         stats.append({"layer": layer, "group": name, "features": m.shape[0], "min": off.min().item(),
                       "median": off.median().item(), "max": off.max().item()})
         print(f"{layer}: {m.shape[0]} features, normalised distance min {off.min():.3g} median {off.median():.3g}")
+    print("(IFM's Eq. 6 distances, exact float64 Gram bookkeeping, divided by the layer's largest; the minimum leaves "
+          "the diagonal out: a channel's distance to itself is 0, but torch.cdist in float64 leaves ~1e-16 there)")
     name = "fig2a" if args.layers == "last" else "fig7" if args.layers == "first12" else "distances"
     titled = {groups[gi].layer: m for gi, m in zip(layers, matrices.values())}
     path = figures.plot_heatmaps(titled, Path(args.out) / f"{name}.png", title=f"{arch}, {Path(args.model_param).name}")

@@ -10,7 +10,8 @@ import torch
 
 import models
 from ifm import channel_groups
-from ifm.experiments.diagnose import batchnorm_mismatch, count_never_positive, diagnose_groups
+from ifm.experiments.diagnose import (batchnorm_mismatch, count_never_positive, diagnose_groups,
+                                      self_distance_residues)
 from ifm.experiments.synthetic import copy_channel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,21 @@ def test_the_diagnose_command_writes_json_csv_and_figure(tmp_path, cifar_root, m
     assert len(rows) == 8 and rows[0]["duplicate_pairs"] == 2 and rows[2]["dead_bn"] == 3 and rows[2]["dead_relu"] >= 3
     assert (tmp_path / "diag" / "diagnose.csv").read_text().count("\n") == 9
     assert (tmp_path / "diag" / "diagnose.png").stat().st_size > 0
-    assert "dup pairs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dup pairs" in out and "self-distance residue" in out and "cdist_float64" in out
+    assert "residue_cdist_float64" in (tmp_path / "diag" / "diagnose.csv").read_text()
+
+
+def test_self_distance_residues_of_the_usual_distance_formulas():
+    """A planted case: 40 channels of large, offset weights. The official formula (A + Aᵀ − 2 diag) and explicit
+    differences give a zero diagonal; torch.cdist (norms computed apart from the matrix product) leaves a rounding
+    residue: about float64's epsilon in float64 (the order of the paper's 2e-15), float32's in float32."""
+    gen = torch.Generator().manual_seed(0)
+    vectors = (torch.randn(40, 300, generator=gen, dtype=torch.float64) + 3.0) * 10.0
+    residues = self_distance_residues(vectors)
+    assert residues["official_gram_float32"] == 0.0 and residues["explicit_float64"] == 0.0
+    assert 1e-18 < residues["cdist_float64"] < 1e-13
+    assert 1e-10 < residues["cdist_float32"] < 1e-4
 
 
 def _reproduction(folder: Path, trained: float, official_pct: float, fold_pct: float, min_last: float) -> Path:

@@ -121,7 +121,7 @@ def test_long_profile_is_the_papers_schedule_at_reduced_width_and_width_override
     config = load_config(ROOT / "cfg" / "vgg16_training.yml", training_overrides(run, PROFILES["long"], device))
     t = config.train
     assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.milestones, t.save_every) == (
-        150, 128, 0.1, 1e-4, [80, 120], 10)
+        150, 128, 0.1, 1e-4, [80, 120], 5)
     assert config.model.width == 0.25 and "width" not in run.identity()
     narrow = dataclasses.replace(run, width=0.125)
     config = load_config(ROOT / "cfg" / "vgg16_training.yml", training_overrides(narrow, PROFILES["long"], device))

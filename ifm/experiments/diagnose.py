@@ -23,6 +23,46 @@ DEAD_SCALE = 1e-3
 DUPLICATE_DISTANCE = 1e-6
 
 
+def _official_gram(v: Tensor) -> Tensor:
+    """The official code's formula: ``A + Aᵀ − diag(A) − diag(A)`` with ``A = V Vᵀ`` (negated: a distance)."""
+    a = v @ v.T
+    return -(a + a.T - a.diagonal()[None, :] - a.diagonal()[:, None])
+
+
+def _explicit_differences(v: Tensor) -> Tensor:
+    """``Σ (v_i − v_j)²`` from the differences themselves, one row at a time."""
+    return torch.stack([((v - row) ** 2).sum(1) for row in v])
+
+
+#: the usual ways to compute Eq. 6 distances between a group's channel vectors, each in the dtype it names
+DISTANCE_FORMULAS: dict[str, Callable[[Tensor], Tensor]] = {
+    "official_gram_float32": lambda v: _official_gram(v.float()),
+    "cdist_float32": lambda v: torch.cdist(v.float(), v.float()) ** 2,
+    "cdist_float64": lambda v: torch.cdist(v.double(), v.double()) ** 2,
+    "explicit_float64": lambda v: _explicit_differences(v.double()),
+}
+
+
+def channel_vectors(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
+    """``(width, d)``: each channel's Eq. 6 vector, its slices of every ≥2-D member (rows and columns)."""
+    views = split_segments(state_dict, [group])
+    return torch.cat([channel_slices(views[m.key].detach().double(), m.axis, group.width)
+                      for m in group.distance_members(views)], 1)
+
+
+def self_distance_residues(vectors: Tensor) -> dict[str, float]:
+    """Per formula of :data:`DISTANCE_FORMULAS`: the largest diagonal entry (a channel's distance to itself, 0 in
+    exact arithmetic) divided by the largest off-diagonal one. A heatmap minimum taken with the diagonal in reads
+    this residue instead of the closest pair."""
+    out = {}
+    eye = torch.eye(len(vectors), dtype=torch.bool)
+    for name, formula in DISTANCE_FORMULAS.items():
+        d = formula(vectors).double()
+        largest = float(d[~eye].max()) if len(vectors) > 1 else 0.0
+        out[name] = float(d.diagonal().abs().max()) / largest if largest > 0 else 0.0
+    return out
+
+
 @dataclass
 class LayerDiagnosis:
     """One channel group of a checkpoint (distances normalised by the group's largest)."""
@@ -40,6 +80,8 @@ class LayerDiagnosis:
     bn_scale_min: float | None  # |γ| of the group's BNs
     bn_scale_median: float | None
     bn_scale_max: float | None
+    #: per distance formula (:data:`DISTANCE_FORMULAS`), the largest self-distance over the largest distance
+    diagonal_residues: dict[str, float] | None = None
 
 
 def _bn_weights(views: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], group: ChannelGroup) -> list[Tensor]:
@@ -79,7 +121,8 @@ def diagnose_groups(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGr
             None if never_positive is None else never_positive.get(group.name),
             float(norms.min()), float(norms.median()), float(norms.max()),
             *((float(all_gammas.min()), float(all_gammas.median()), float(all_gammas.max())) if gammas
-              else (None, None, None))))
+              else (None, None, None)),
+            self_distance_residues(channel_vectors(state_dict, group))))
     return rows
 
 
@@ -176,8 +219,10 @@ def write_diagnosis(rows: Sequence[LayerDiagnosis], out: str | Path, title: str 
     distance on a log scale, and the dead channels) in ``out``."""
     out = Path(out)
     records = [asdict(r) for r in rows]
+    flat = [{**{k: v for k, v in r.items() if k != "diagonal_residues"},
+             **{f"residue_{name}": value for name, value in (r["diagonal_residues"] or {}).items()}} for r in records]
     written = {"json": write_json(out / "diagnose.json", records),
-               "csv": write_csv(out / "diagnose.csv", list(records[0]), [list(r.values()) for r in records])}
+               "csv": write_csv(out / "diagnose.csv", list(flat[0]), [list(r.values()) for r in flat])}
     plt = pyplot()
     fig, (ax_d, ax_dead) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     xs = range(1, len(rows) + 1)
@@ -205,4 +250,15 @@ def format_diagnosis(rows: Sequence[LayerDiagnosis]) -> str:
              f"{'dead ReLU':>9}"]
     lines += [f"{r.group:24s} {r.width:>6} {r.min_distance:>10.3g} {r.median_distance:>9.3g} {r.duplicate_pairs:>9} "
               f"{r.dead_bn:>8} {'-' if r.dead_relu is None else r.dead_relu:>9}" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + [format_residues(rows)])
+
+
+def format_residues(rows: Sequence[LayerDiagnosis]) -> str:
+    """The self-distance line: each formula's largest diagonal residue over all layers, beside the smallest
+    off-diagonal distance (both normalised by the layer's largest distance)."""
+    closest = min(rows, key=lambda r: r.min_distance)
+    residues = {name: max((r.diagonal_residues or {}).get(name, 0.0) for r in rows) for name in DISTANCE_FORMULAS}
+    return ("self-distance residue (largest diagonal entry / largest distance; 0 in exact arithmetic): "
+            + ", ".join(f"{name} {value:.3g}" for name, value in residues.items())
+            + f"; smallest off-diagonal distance {closest.min_distance:.3g} ({closest.group}). The table's distances "
+            "are IFM's (exact float64 Gram bookkeeping) with the diagonal left out.")

@@ -69,8 +69,8 @@ PROFILES = {
                        ("model.width=0.25", "train.epochs=15", "train.milestones=[8, 12]", "train.save_every=5"),
                        _official_grid(), 0.2),
     "long": Profile("long", "the paper's schedule at reduced width for the CPU: width 0.25, 150 epochs, batch 128, "
-                    "lr 0.1 / 10 at epochs 80 and 120, a checkpoint every 10 epochs, full training and test sets",
-                    ("model.width=0.25", "train.save_every=10"), _official_grid(), 0.2),
+                    "lr 0.1 / 10 at epochs 80 and 120, a checkpoint every 5 epochs, full training and test sets",
+                    ("model.width=0.25", "train.save_every=5"), _official_grid(), 0.2),
     "smoke": Profile("smoke", "seconds, for tests: width 0.0625, 1 epoch, batch 16, 200 training images",
                      ("model.width=0.0625", "train.epochs=1", "train.batch_size=16", "data.subset=200",
                       "train.milestones=[1]", "train.save_every=1"), (0.1, 0.3), 0.3),
