@@ -9,13 +9,14 @@
     python scripts/reproduce.py guided --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --layer features.24
     python scripts/reproduce.py equivalence --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --betas 0.1 0.2
     python scripts/reproduce.py diagnose --arch VGG16 --model_param ckpt.pt --data_root data/cifar10 --out diag
+    python scripts/reproduce.py epochs --arch VGG16 --run_dir run/checkpoints/VGG16 --data_root data/cifar10 \
+        --sweep_epochs 15 80 120 150 --out epochs
     python scripts/reproduce.py controls --run base repro_s0 "baseline" --run s1 repro_s1 "seed 1" --seed_run s1 --out c
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from ifm.experiments.cli import cli_main  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
 from ifm.experiments.io import load_state_dict_file, read_jsonl, writable_folder, write_csv, write_json  # noqa: E402
 from ifm.merge import iterative_feature_merging  # noqa: E402
+from ifm.experiments.evaluate import training_image_batches  # noqa: E402
 from ifm.experiments.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.experiments.run import RunOptions, RunSpec  # noqa: E402
 from ifm.experiments.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
@@ -293,33 +295,29 @@ def cmd_equivalence(args) -> None:
     print(f"figure: {path} (numbers: {csv})")
 
 
-def _training_batches(loaded, data_root: str, n: int, progress: bool) -> tuple[int, Iterator[torch.Tensor]]:
-    """``n`` CIFAR-10 training images spread over the split, normalised as the checkpoint was trained: their number
-    and their batches."""
-    from ifm.experiments.evaluate import tensor_batches
-    train = datasets.load_cifar10(data_root, "train", progress=progress)
-    images = train.subset(datasets.spread_indices(len(train), n))
-    mean, std = loaded.normalize or (None, None)
-    return len(images), (x for x, _ in tensor_batches(images, 250, torch.device("cpu"), mean, std))
-
-
 def cmd_diagnose(args) -> None:
-    from ifm.experiments.diagnose import count_never_positive, diagnose_groups, format_diagnosis, write_diagnosis
-    loaded = load_model(RunSpec(arch=args.arch, model_param=args.model_param))
-    stages = args.stages or ((1, 2, 3, 4) if loaded.arch.is_resnet else None)
-    groups = channel_groups(loaded.arch, loaded.state_dict, stages)
-    never_positive = None
-    if args.data_root:
-        if loaded.arch.dataset != "cifar10":
-            raise IFMError(f"diagnose reads training images of CIFAR-10 models only; leave out --data_root for {args.arch}")
-        _, batches = _training_batches(loaded, args.data_root, args.images, not args.no_progress)
-        never_positive = count_never_positive(loaded.model, groups, batches)
-    rows = diagnose_groups(loaded.state_dict, groups, never_positive)
+    from ifm.experiments.diagnose import diagnose_checkpoint, format_diagnosis, write_diagnosis
+    rows = diagnose_checkpoint(args.arch, args.model_param, args.data_root, args.images, args.stages,
+                               not args.no_progress)
     print(format_diagnosis(rows))
-    title = f"{loaded.arch.name}, {Path(args.model_param).name}" + (f": dead on {args.images} training images"
-                                                                    if args.data_root else "")
+    title = f"{args.arch}, {Path(args.model_param).name}" + (f": dead on {args.images} training images"
+                                                             if args.data_root else "")
     written = write_diagnosis(rows, args.out, title)
     print("written: " + ", ".join(str(p) for p in written.values()))
+
+
+def cmd_epochs(args) -> None:
+    from ifm.experiments.epochs import diagnose_epochs, sweep_epochs
+    if args.sweep_epochs and not args.data_root:
+        raise IFMError("--sweep_epochs evaluates on the test set: give --data_root too")
+    diagnose_epochs(args.arch, args.run_dir, args.out, args.data_root, args.images)
+    if args.sweep_epochs:
+        rows = sweep_epochs(args.arch, args.run_dir, args.sweep_epochs, args.out, args.data_root, args.bn_modes,
+                            args.betas, args.eval_samples, args.device)
+        for r in rows:
+            print(", ".join(f"{k} {v}" for k, v in r.items()))
+    print(f"written: {Path(args.out) / 'epochs.csv'}, {Path(args.out) / 'epochs.png'}"
+          + (f", {Path(args.out) / 'sweeps.csv'}, {Path(args.out) / 'sweeps.png'}" if args.sweep_epochs else ""))
 
 
 def cmd_bn_mismatch(args) -> None:
@@ -328,7 +326,7 @@ def cmd_bn_mismatch(args) -> None:
     loaded = load_model(RunSpec(arch=args.arch, model_param=args.model_param))
     if loaded.arch.dataset != "cifar10":
         raise IFMError(f"bn-mismatch reads training images of CIFAR-10 models only, not {args.arch}'s")
-    images, batches = _training_batches(loaded, args.data_root, args.images, not args.no_progress)
+    images, batches = training_image_batches(args.data_root, args.images, loaded.normalize, not args.no_progress)
     rows = batchnorm_mismatch(loaded.model, batches)
     print(format_mismatch(rows))
     records = [asdict(r) for r in rows]
@@ -339,13 +337,9 @@ def cmd_bn_mismatch(args) -> None:
     print("written: " + ", ".join(str(p) for p in written))
 
 
-def _diagnose_checkpoint(arch: str, checkpoint: Path, data_root: str | None, out: Path, no_progress: bool) -> None:
-    cmd_diagnose(argparse.Namespace(arch=arch, model_param=str(checkpoint), data_root=data_root, images=1000,
-                                    stages=None, out=str(out), no_progress=no_progress))
-
-
 def cmd_controls(args) -> None:
     from ifm.experiments.controls import ControlRun, measure, write_controls
+    from ifm.experiments.diagnose import diagnose_checkpoint, write_diagnosis
     runs = [ControlRun(name, changed, Path(folder)) for name, folder, changed in args.run]
     for run in runs:
         diagnosis = run.folder / "diagnose" / args.model
@@ -353,7 +347,8 @@ def cmd_controls(args) -> None:
                         key=lambda p: int(p.stem[len("model_epoch"):]))
         if not (diagnosis / "diagnose.json").exists() and finals:
             print(f"diagnose {run.name}: {finals[-1]}")
-            _diagnose_checkpoint(args.model, finals[-1], args.data_root, diagnosis, args.no_progress)
+            write_diagnosis(diagnose_checkpoint(args.model, finals[-1], args.data_root, progress=not args.no_progress),
+                            diagnosis, f"{args.model}, {finals[-1].name}")
     measured = [measure(run, args.model) for run in runs]
     written = write_controls(measured, args.out, args.model, args.seed_run)
     print((Path(args.out) / "summary.md").read_text())
@@ -433,6 +428,18 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=1000, help="training images for the dead-channel count")
     p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNets: stages to diagnose (default all)")
     p.add_argument("--no_progress", action="store_true")
+    p = add("epochs", cmd_epochs, "a training followed epoch by epoch: every kept checkpoint diagnosed, and β "
+            "sweeps at chosen epochs")
+    p.add_argument("--arch", required=True, help="the trained model, e.g. VGG16")
+    p.add_argument("--run_dir", required=True, help="its training run folder (params/model_epoch*.pt)")
+    p.add_argument("--data_root", default=None, help="CIFAR-10: dead-channel counts, and the sweeps' test set")
+    p.add_argument("--images", type=int, default=1000, help="training images for the dead-channel count")
+    p.add_argument("--sweep_epochs", type=int, nargs="*", default=[], help="sweep β at these epochs (from 1)")
+    p.add_argument("--bn_modes", nargs="+", default=["official", "fold", "repaired"],
+                   choices=["official", "fold", "repaired"])
+    p.add_argument("--betas", type=float, nargs="+", default=None, help="default: the official grid")
+    p.add_argument("--eval_samples", type=int, default=None)
+    p.add_argument("--device", default=None)
     p = add("bn-mismatch", cmd_bn_mismatch, "per BatchNorm of a (merged) checkpoint: its stored statistics against "
             "those on training images (is a data-free repair right?)", model=True)
     p.add_argument("--data_root", default="data/cifar10")

@@ -6,12 +6,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import models
 from ifm import channel_groups
 from ifm.experiments.diagnose import (batchnorm_mismatch, count_never_positive, diagnose_groups,
                                       self_distance_residues)
+from ifm.experiments.io import read_jsonl
 from ifm.experiments.synthetic import copy_channel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,3 +162,33 @@ def test_controls_say_what_moved_beyond_the_seed_spread(tmp_path, capsys):
     rows = (tmp_path / "c" / "controls.csv").read_text().splitlines()
     assert rows[3] == "fp32,fp32,79.50,0.1,1 / 2,official,0.2 → 70.0 (78.50),77.50 (75.0),78.50 (70.0)"
     assert rows[4] == "fp32,fp32,79.50,0.1,1 / 2,fold,0.2 → 80.5 (78.50),–,76.50 (80.5)"
+
+
+@pytest.mark.slow
+def test_a_training_followed_epoch_by_epoch(cifar_root, tmp_path, monkeypatch, capsys):
+    from ifm.experiments.config import load_config
+    from ifm.experiments.epochs import diagnose_epochs, kept_checkpoints, sweep_epochs
+    from ifm.experiments.train import train_from_config
+    from ifm.errors import IFMError
+    config = load_config(ROOT / "cfg" / "vgg11_training.yml", [
+        "train.epochs=2", "train.batch_size=16", "model.width=0.0625", "data.test_samples=20", "train.device=cpu",
+        "train.save_every=1", "train.milestones=[1]", f"data.root={cifar_root}", f"output_dir={tmp_path}"])
+    run_dir, _ = train_from_config(config, "vgg11_training", "epochs", progress=False)
+    assert [c.epoch for c in kept_checkpoints(run_dir)] == [1, 2]
+    lines = []
+    rows = diagnose_epochs("VGG11", run_dir, tmp_path / "out", str(cifar_root), images=40, log=lines.append)
+    assert [r["epoch"] for r in rows] == [1] * 8 + [2] * 8 and len(lines) == 2
+    assert all(r["dead_relu"] is not None and "residue_cdist_float64" in r for r in rows)
+    assert (tmp_path / "out" / "epochs.png").stat().st_size > 0
+    assert (tmp_path / "out" / "epochs.csv").read_text().count("\n") == 17
+    lines.clear()  # a second call diagnoses nothing again
+    assert len(diagnose_epochs("VGG11", run_dir, tmp_path / "out", str(cifar_root), images=40,
+                               log=lines.append)) == 16 and not lines
+    table = sweep_epochs("VGG11", run_dir, [1, 2], tmp_path / "out", str(cifar_root), ("official", "repaired"),
+                         betas=(0.1, 0.3), log=lambda line: None)
+    assert [(r["epoch"], r["sweep"]) for r in table] == [(1, "official"), (1, "repaired"), (2, "official"),
+                                                          (2, "repaired")]
+    assert len(list(read_jsonl(tmp_path / "out" / "results.jsonl"))) == 8  # 2 epochs x 2 modes x 2 betas
+    assert (tmp_path / "out" / "sweeps.png").stat().st_size > 0
+    with pytest.raises(IFMError, match="no checkpoint of epoch 3"):
+        sweep_epochs("VGG11", run_dir, [3], tmp_path / "out", str(cifar_root))

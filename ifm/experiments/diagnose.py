@@ -126,6 +126,28 @@ def diagnose_groups(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGr
     return rows
 
 
+def diagnose_checkpoint(arch: str, checkpoint: str | Path, data_root: str | None = None, images: int = 1000,
+                        stages: Sequence[int] | None = None, progress: bool = False) -> list[LayerDiagnosis]:
+    """Diagnose a checkpoint of ``arch`` (every stage of a ResNet unless ``stages``); with ``data_root`` (CIFAR-10),
+    also count the channels never positive on ``images`` training images."""
+    from ..discovery import channel_groups
+    from ..errors import IFMError
+    from .evaluate import training_image_batches
+    from .run import RunSpec
+    from .selfmerge import load_model
+    loaded = load_model(RunSpec(arch=arch, model_param=str(checkpoint)))
+    stages = stages or ((1, 2, 3, 4) if loaded.arch.is_resnet else None)
+    groups = channel_groups(loaded.arch, loaded.state_dict, stages)
+    never_positive = None
+    if data_root:
+        if loaded.arch.dataset != "cifar10":
+            raise IFMError(f"the diagnosis reads training images of CIFAR-10 models only; leave out the data root "
+                           f"for {arch}")
+        _, batches = training_image_batches(data_root, images, loaded.normalize, progress)
+        never_positive = count_never_positive(loaded.model, groups, batches)
+    return diagnose_groups(loaded.state_dict, groups, never_positive)
+
+
 def count_never_positive(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable[Tensor]
                          ) -> dict[str, int]:
     """Per group with one producing layer: the channels whose pre-activation (the output of the BN after that

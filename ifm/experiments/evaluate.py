@@ -45,6 +45,17 @@ def tensor_batches(data: TensorImages, batch_size: int, device: torch.device,
         yield x, data.labels[start:start + batch_size].to(device, non_blocking=True)
 
 
+def training_image_batches(data_root: str, n: int, normalize: tuple | None = None, progress: bool = False,
+                           batch_size: int = 250) -> tuple[int, Iterator[torch.Tensor]]:
+    """``n`` CIFAR-10 training images spread over the split, normalised as a checkpoint was trained (``normalize``:
+    its (mean, std), or None): their number and their batches (images only, on the CPU)."""
+    from . import data as datasets
+    train = datasets.load_cifar10(data_root, "train", progress=progress)
+    images = train.subset(datasets.spread_indices(len(train), n))
+    mean, std = normalize or (None, None)
+    return len(images), (x for x, _ in tensor_batches(images, batch_size, torch.device("cpu"), mean, std))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None,
              device: torch.device | str = "cpu", desc: str = "eval", progress: bool = True) -> EvalResult:

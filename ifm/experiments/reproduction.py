@@ -161,36 +161,46 @@ def final_checkpoint(run_dir: Path, epochs: int) -> Path:
 def train_stage(settings: ReproductionSettings, profile: Profile, log: Callable[[str], None] = print
                 ) -> dict[str, Path]:
     """Train every model not yet trained (together, one CUDA stream each); returns final checkpoints."""
+    return train_runs([settings], profile, log)[0]
+
+
+def train_runs(runs: Sequence[ReproductionSettings], profile: Profile, log: Callable[[str], None] = print
+               ) -> list[dict[str, Path]]:
+    """Train every model of every run (each its own seed, augmentation and folder) not yet trained, all together
+    (one CUDA stream each; the data loaded once); returns each run's final checkpoints by model."""
     from .train import Trainer, train_together, write_summary as write_training_summary
-    device = pick_device(settings.device)
-    checkpoints, pending = {}, []
-    data = None
-    for name in settings.models:
-        config = load_config(CFG_DIR / f"{name.lower()}_training.yml", training_overrides(settings, profile, device))
-        run_dir = Path(settings.out) / "checkpoints" / name
-        final = final_checkpoint(run_dir, config.train.epochs)
-        checkpoints[name] = final
-        if final.exists() and (run_dir / "summary.json").exists():
-            log(f"train {name}: done ({final}), skipped")
-            continue
-        if data is None:
-            data = tuple(datasets.load_cifar10(settings.data_root, split, progress=settings.progress)
-                         for split in ("train", "test"))
-        trainer = Trainer(config, run_dir, progress=settings.progress, data=data)
-        if (run_dir / "state" / "last.pt").exists():
-            trainer.load_state()
-            log(f"train {name}: resuming at epoch {trainer.epoch + 1}/{config.train.epochs}")
-        pending.append(trainer)
+    found, pending, data = [], [], None
+    for settings in runs:
+        device = pick_device(settings.device)
+        checkpoints = {}
+        for name in settings.models:
+            config = load_config(CFG_DIR / f"{name.lower()}_training.yml",
+                                 training_overrides(settings, profile, device))
+            run_dir = Path(settings.out) / "checkpoints" / name
+            final = final_checkpoint(run_dir, config.train.epochs)
+            checkpoints[name] = final
+            if final.exists() and (run_dir / "summary.json").exists():
+                log(f"train {name} ({settings.out}): done ({final}), skipped")
+                continue
+            if data is None:
+                data = tuple(datasets.load_cifar10(settings.data_root, split, progress=settings.progress)
+                             for split in ("train", "test"))
+            trainer = Trainer(config, run_dir, progress=settings.progress, data=data)
+            if (run_dir / "state" / "last.pt").exists():
+                trainer.load_state()
+                log(f"train {name} ({settings.out}): resuming at epoch {trainer.epoch + 1}/{config.train.epochs}")
+            pending.append(trainer)
+        found.append(checkpoints)
     if pending:
-        log(f"train {', '.join(t.config.model.name for t in pending)} on {device} "
-            f"({settings.precision}{', CUDA graphs' if pending[0].step.use_graph else ''}), "
+        log(f"train {', '.join(t.config.model.name for t in pending)} on {pending[0].device} "
+            f"({runs[0].precision}{', CUDA graphs' if pending[0].step.use_graph else ''}), "
             f"{pending[0].config.train.epochs} epochs")
         start = time.perf_counter()
-        train_together(pending, settings.progress)
+        train_together(pending, runs[0].progress)
         log(f"trained in {time.perf_counter() - start:.1f} s")
         for trainer in pending:
             write_training_summary(trainer)
-    return checkpoints
+    return found
 
 
 def training_rows(settings: ReproductionSettings) -> list[dict]:
