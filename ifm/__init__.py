@@ -15,6 +15,7 @@ _HOMES = {
     "ChannelGroup": "groups", "LayerSpaces": "groups", "Member": "groups", "build_groups": "groups",
     "chain_spaces": "groups", "resnet_spaces": "groups",
     "standard_layout": "layout",
+    "Compression": "pipeline", "Compressed": "pipeline", "compress": "pipeline",
     "IterativeMerger": "merge", "MergeResult": "merge", "MergeStep": "merge", "check_hyperparameters": "merge",
     "distance_matrices": "merge", "iterative_feature_merging": "merge",
     "count_flops": "metrics", "count_params": "metrics",

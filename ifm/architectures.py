@@ -3,6 +3,7 @@ its traced channel groups are named and, for ResNets, which stages are kept). Th
 model's graph (:mod:`ifm.trace`), the same for every architecture; :mod:`ifm.discovery` turns them into groups."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -89,6 +90,13 @@ class Architecture:
         default = " (the official ResNet merge)" if stages is None else ""
         return (f"stage {stage}, not among the merged stages {' '.join(map(str, chosen))}{default}; "
                 "--stages 1 2 3 4 merges every stage")
+
+
+def module_architecture(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), name: str | None = None
+                        ) -> Architecture:
+    """An :class:`Architecture` for a model at hand: it builds copies of ``model`` (class count as the model's)."""
+    return Architecture(name or type(model).__name__, "imagenet", tuple(input_size),
+                        lambda num_classes: copy.deepcopy(model))
 
 
 def _torchvision(name: str) -> Callable[[int], nn.Module]:

@@ -11,7 +11,7 @@ None of this runs by default; the official semantics stay untouched.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence, get_args
 
 import torch
 from torch import nn
@@ -20,6 +20,10 @@ from .groups import ChannelGroup, base_key, channel_slices, split_segments
 from .permute import select_channels
 
 Tensor = torch.Tensor
+BnMode = Literal["official", "fold"]  # BN statistics summed by the merge (the official code), or BN folded first
+BN_MODES: tuple[str, ...] = get_args(BnMode)
+Pruning = Literal["l1", "random"]  # channel pruning baselines at given widths
+PRUNINGS: tuple[str, ...] = get_args(Pruning)
 BN_STATS = ("weight", "running_mean", "running_var")
 
 
@@ -155,8 +159,8 @@ def channel_scores(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Ten
 def prune_to_widths(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup], widths: Mapping[str, int],
                     method: str = "l1", seed: int = 0) -> dict[str, Tensor]:
     """Keep ``widths[group]`` channels of each group: the largest L1 norms (``l1``) or random ones."""
-    if method not in ("l1", "random"):
-        raise ValueError(f"baseline must be 'l1' or 'random', got {method!r}")
+    if method not in PRUNINGS:
+        raise ValueError(f"method must be one of {PRUNINGS}, got {method!r}")
     gen = torch.Generator().manual_seed(seed)
     keep = {}
     for group in groups:

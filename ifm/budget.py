@@ -9,7 +9,7 @@ parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence, get_args
 
 import torch
 
@@ -19,7 +19,8 @@ from .kmeans import kept_width
 from .permute import select_channels
 
 Tensor = torch.Tensor
-ALLOCATIONS: tuple[str, ...] = ("ifm", "uniform")
+Allocation = Literal["ifm", "uniform"]
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 #: β of the uniform allocation: Eq. 9 (min D > β·max D) practically never stops a group, max_ratio does
 UNIFORM_BETA = 0.999
 
@@ -81,7 +82,7 @@ def ifm_budget(params_pct_at: Callable[[float], float], target_pct: float, toler
     at_lo = params_pct_at(lo)
     probes = 1
     if at_lo < target_pct:
-        raise IFMError(f"--target_params {target_pct:g}: even β {lo:g} keeps only {at_lo:.2f} % of the parameters "
+        raise IFMError(f"target_params {target_pct:g}: even β {lo:g} keeps only {at_lo:.2f} % of the parameters "
                        "(exact duplicates merge at any β); choose a smaller budget")
     at_hi = params_pct_at(hi)
     probes += 1
@@ -108,11 +109,3 @@ def ifm_budget(params_pct_at: Callable[[float], float], target_pct: float, toler
     if at_prefix > at_lo:  # (the plain β run was closer)
         return Budget(lo, 1.0, at_lo, probes)
     return Budget(hi, 1.0, at_prefix, probes + 1, max_merges=low)
-
-
-def check_budget(target_params: float | None, allocation: str) -> None:
-    """Raise :class:`IFMError` for a budget outside (0, 100] or an unknown allocation."""
-    if allocation not in ALLOCATIONS:
-        raise IFMError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if target_params is not None and not 0.0 < target_params <= 100.0:
-        raise IFMError(f"--target_params is a percentage of the parameters to keep, in (0, 100]; got {target_params}")

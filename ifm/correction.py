@@ -19,15 +19,17 @@ projection's) is corrected with its own statistics and producer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence, get_args
 
 import numpy as np
 import torch
 
 from .groups import ChannelGroup, parse_segment_key, split_segments
+from .merge import MERGE_RULES
 
 Tensor = torch.Tensor
-ESTIMATORS: tuple[str, ...] = ("none", "rows", "weights")
+Estimator = Literal["none", "rows", "weights"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 BatchNorms = Mapping[str, tuple[str | None, float]]  # BN layer -> (its producer, eps)
 
 
@@ -259,9 +261,9 @@ def correct_merged(original: Mapping[str, Tensor], merged: Mapping[str, Tensor],
             :attr:`ifm.merge.MergeResult.column_grams`): read instead of computed again.
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"bn_correction must be one of {ESTIMATORS}, got {estimator!r}")
-    if rule not in ("official", "mean"):
-        raise ValueError(f"rule must be 'official' or 'mean', got {rule!r}")
+        raise ValueError(f"correction must be one of {ESTIMATORS}, got {estimator!r}")
+    if rule not in MERGE_RULES:
+        raise ValueError(f"rule must be one of {MERGE_RULES}, got {rule!r}")
     out = dict(merged)
     if estimator == "none":
         return out

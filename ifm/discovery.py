@@ -7,7 +7,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .architectures import Architecture, get_architecture, model_for_state_dict
+from .architectures import Architecture, get_architecture, model_for_state_dict, module_architecture
 from .errors import IFMError
 from .groups import ChannelGroup, build_groups
 from .trace import TracedGraph, trace_spaces, traced_layer_spaces
@@ -32,17 +32,21 @@ def channel_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str
     if state_dict is None:
         raise ValueError("channel_groups needs the state dict for an architecture name")
     if stages is not None and not arch.is_resnet:
-        raise IFMError(f"--stages applies to ResNets only, not {arch.name}")
+        raise IFMError(f"stages apply to ResNets only, not {arch.name}")
     if stages is not None and (not list(stages) or not set(stages) <= {1, 2, 3, 4}):
         raise IFMError(f"ResNet stages are 1, 2, 3 and 4; got {list(stages)} (the official choice is 3 4)")
     return build_groups(state_dict, arch.spaces(state_dict, stages, graph, rule))
 
 
-def check_groups(arch: str | Architecture, state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup],
-                 seed: int = 0) -> float:
+def check_groups(arch: str | Architecture | nn.Module, state_dict: Mapping[str, Tensor] | None,
+                 groups: Sequence[ChannelGroup], seed: int = 0, input_size: Sequence[int] = (3, 224, 224)) -> float:
     """Permute every group's channels at random: the model's output (float64, one random input) must not change,
-    else the groups are wrong and :class:`IFMError` says so. Returns the relative change."""
+    else the groups are wrong and :class:`IFMError` says so. Returns the relative change. ``arch`` may be a module
+    (its own weights unless ``state_dict``; ``input_size`` for its input)."""
     from .permute import permute_channels
+    if isinstance(arch, nn.Module):
+        state_dict = arch.state_dict() if state_dict is None else state_dict
+        arch = module_architecture(arch, input_size)
     arch = get_architecture(arch) if isinstance(arch, str) else arch
     gen = torch.Generator().manual_seed(seed)
     perms = {g.name: torch.randperm(g.width, generator=gen) for g in groups}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence, get_args
 
 import numpy as np
 import torch
@@ -33,8 +33,11 @@ from .groups import ChannelGroup, join_segments, parse_segment_key, split_segmen
 
 Tensor = torch.Tensor
 Order = Literal["official", "layerwise"]
+ORDERS: tuple[str, ...] = get_args(Order)
 MergeRule = Literal["official", "mean"]
-MERGE_RULES: tuple[str, ...] = ("official", "mean")
+MERGE_RULES: tuple[str, ...] = get_args(MergeRule)
+Dtype = Literal["float64", "float32"]  # of the distance bookkeeping
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 #: A squared distance below this fraction of ``|v_i|^2 + |v_j|^2`` is an exact duplicate (0).
 TIE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -80,9 +83,9 @@ class MergeResult:
 def check_hyperparameters(beta: float, max_ratio: float) -> None:
     """Raise ``ValueError`` for β outside (0, 1) or max_ratio outside (0, 1]."""
     if not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
-        raise ValueError(f"beta (--threshold) must lie in (0, 1), got {beta}; e.g. --threshold 0.1")
+        raise ValueError(f"beta must lie in (0, 1), got {beta}; e.g. 0.1")
     if not (isinstance(max_ratio, (int, float)) and 0.0 < max_ratio <= 1.0):
-        raise ValueError(f"max_ratio must lie in (0, 1], got {max_ratio}; e.g. --max_ratio 1.0")
+        raise ValueError(f"max_ratio must lie in (0, 1], got {max_ratio}; e.g. 1.0")
 
 
 def in_place_view(w: np.ndarray, *shape: int) -> np.ndarray:
@@ -390,7 +393,7 @@ class IterativeMerger:
                     iteration += 1
                     bar.update(1)
         else:
-            raise ValueError(f"order must be 'official' or 'layerwise', got {order!r}")
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         bar.close()
         return self._result(log, iteration, self.init_seconds + time.perf_counter() - start, beta, max_ratio, order)
 

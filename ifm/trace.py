@@ -301,11 +301,8 @@ class _Recorder(TorchFunctionMode):
         prefix = weight.rpartition(".")[0]
         groups = _arg(args, kwargs, 6, "groups", 1) if name.startswith("conv") else 1
         channel_dim = tensor.dim() - 1 if name == "linear" else 1  # a linear reads the last dim (channels-last)
-        if labels.dim != channel_dim:
-            self.freeze(labels, f"{prefix} reads another dim than the one holding these channels")
-            in_space = None
-        elif groups != 1:
-            plain = labels.plain()
+        if groups != 1:  # (whatever dim the labels are on: a grouped conv never opens a space of its own)
+            plain = labels.plain() if labels.dim == channel_dim else None
             if groups == tensor.shape[1] == out.shape[1] and plain is not None and plain[1] == 1:
                 # depthwise: each channel filtered alone; its kernel (and bias) is one more per-channel member
                 space = self.spaces[plain[0]]
@@ -318,6 +315,9 @@ class _Recorder(TorchFunctionMode):
             self.layers[prefix] = (None, None, kind)
             self.set_labels(out, self.fresh(prefix, out.shape[1], f"{prefix}: output of a {kind} conv"))
             return
+        if labels.dim != channel_dim:
+            self.freeze(labels, f"{prefix} reads another dim than the one holding these channels")
+            in_space = None
         else:
             plain = labels.plain()
             in_space = self.segments(labels, prefix) if plain is None else plain[0]

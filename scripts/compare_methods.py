@@ -46,10 +46,10 @@ def main(argv=None) -> int:
 def compare(args: argparse.Namespace) -> None:
     if any(not 0 < b <= 100 for b in args.budgets):
         raise IFMError(f"--budgets are percentages of the parameters to keep, in (0, 100]; got {args.budgets}")
+    writable_location(Path(args.out) / "frontier.csv", "--out")  # outputs first, before any work
     spec, options = from_args(args)
     compared = methods(spec, args.estimator, args.recalibrate, args.synthetic)
     check_frontier(options, args.budgets, compared)
-    writable_location(Path(args.out) / "frontier.csv", "--out")
     curves = frontier(spec, options, args.budgets, compared)
     table, figure = write_frontier(curves, compared, args.out, f"{spec.arch}: accuracy vs parameters kept")
     text = format_frontier(curves, args.budgets)

@@ -48,7 +48,13 @@ def main(argv=None) -> int:
               + (f" (original accuracy {before:.2f}%)" if before is not None else ""))
         print(format_sweep_table(records))
         print(f"results: {options.results}")
-    return cli_main(run)
+
+    def interrupted() -> str:
+        from ifm.experiments.io import read_jsonl
+        results = getattr(args, "results", "results/sweep.jsonl")
+        kept = sum(1 for _ in read_jsonl(results))
+        return f"{kept} records kept in {results}; run the same command again to resume"
+    return cli_main(run, interrupted)
 
 
 if __name__ == "__main__":

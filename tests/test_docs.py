@@ -132,10 +132,12 @@ def test_every_offline_command_runs_on_smoke_data(doc, command, sandbox, monkeyp
 
 def test_every_python_block_runs(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)
+    monkeypatch.setattr("ifm.synthesis.ITERATIONS", 20)  # synthetic images smoke-sized, and the CIFAR VGG narrow:
     blocks = [(path.name, code) for path in DOCS for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S)]
     assert len(blocks) >= 3
     for name, code in blocks:
         code = re.sub(r"eval_samples=\d+", "eval_samples=16", code)
+        code = code.replace('models.create_model("VGG11")', 'models.create_model("VGG11", width=0.25)')
         exec(compile(code, name, "exec"), {})
 
 

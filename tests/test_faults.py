@@ -185,6 +185,16 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
                                             "--out", "vgg.pt/figures"], "--out vgg.pt/figures: vgg.pt is a file"),
     "reproduce_cifar10 --out is a file": (lambda w: [REPRODUCE_CIFAR10, "--data_root", "cifar", "--profile", "smoke",
                                                      "--out", "vgg.pt"], "--out vgg.pt is a file"),
+    # paths no folder can be made in, whatever the permission bits say (root): refused before any work
+    "--results under /proc": (lambda w: _vgg("--no_eval", "--results", "/proc/ifm/r.jsonl"),
+                              "--results /proc/ifm/r.jsonl cannot be written"),
+    "--save_merged under /proc": (lambda w: _vgg("--no_eval", "--save_merged", "/proc/ifm/m.pt"),
+                                  "--save_merged /proc/ifm/m.pt cannot be written"),
+    "reproduce_cifar10 --out under /proc": (lambda w: [REPRODUCE_CIFAR10, "--data_root", "cifar", "--profile", "smoke",
+                                                       "--out", "/proc/ifm"], "--out /proc/ifm cannot be written"),
+    "compare_methods --out under /proc": (lambda w: [COMPARE, "--vgg_name", "VGG11", "--model_param", "vgg.pt",
+                                                     "--data_root", "cifar", "--no_progress", "--results", "c.jsonl",
+                                                     "--out", "/proc/ifm"], "--out /proc/ifm/frontier.csv cannot"),
 }
 
 

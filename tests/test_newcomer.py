@@ -2,10 +2,16 @@
 entry's ResNet stages and its group listing, verdicts on untrained models, and figures that mislead."""
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import torch
 
 from ifm.experiments import figures, plots, reproduction
 from ifm.experiments.selfmerge import main as any_cnn
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _capture_figures(monkeypatch) -> list:
@@ -162,3 +168,21 @@ def test_the_merge_progress_shows_a_count_without_a_misleading_total(tiny_checkp
     assert result.n_merges > 0 and "IFM merges" in err
     total = sum(g.width for g in groups)
     assert f"/{total}" not in err and "%|" not in err
+
+
+def test_setup_stops_when_torchvision_does_not_work_with_torch(tmp_path):
+    """A torchvision built for another torch imports, then fails at its first operator: setup says so and stops."""
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\ncase \"$*\" in *nms*) echo 'RuntimeError: operator torchvision::nms does not exist'"
+                      " >&2; exit 1;; esac\nexit 0\n")
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], env={**os.environ, "VENV": str(tmp_path / "venv")},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "error: torchvision does not work with this torch" in done.stderr
+    assert "torchvision::nms does not exist" in done.stderr and "--force-reinstall" in done.stderr
+
+
+def test_the_data_folder_of_the_readme_is_ignored_by_git():
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/cifar10/train/x.png"], cwd=ROOT)
+    assert ignored.returncode == 0

@@ -207,3 +207,26 @@ def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_roo
         assert run_key(record) == run_key(run_identity(spec, loaded, evaluator))
         assert set(SAME_RUN_FIELDS) == set(run_identity(spec, loaded, evaluator)) - {"beta"}  # every field counts
         assert {k: record[k] for k in spec.record_fields()} == json.loads(json.dumps(spec.record_fields()))
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_records_leaves_no_claims_file_and_is_one_line(tiny_checkpoints, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from ifm.experiments import sweep as sweeping
+    from ifm.experiments.cli import cli_main
+    from ifm.experiments.run import RunOptions, RunSpec
+    real = sweeping.run_self_merge
+
+    def interrupted_at_02(spec, *args, **kwargs):
+        if spec.beta == 0.2:
+            raise KeyboardInterrupt
+        return real(spec, *args, **kwargs)
+    monkeypatch.setattr(sweeping, "run_self_merge", interrupted_at_02)
+    results = tmp_path / "r.jsonl"
+    spec = RunSpec(arch="VGG11", model_param=str(tiny_checkpoints["VGG11"]))
+    with pytest.raises(KeyboardInterrupt):
+        sweeping.sweep(spec, RunOptions(results=str(results), progress=False), [0.1, 0.2, 0.3], log=lambda line: None)
+    assert len(list(read_jsonl(results))) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+    code = cli_main(lambda: sweeping.sweep(spec, RunOptions(results=str(results), progress=False), [0.1, 0.2],
+                                           log=lambda line: None), lambda: "1 record kept; run again to resume")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err == ["interrupted; 1 record kept; run again to resume"]

@@ -100,13 +100,16 @@ def test_synthetic_recalibration_repairs_the_official_merge_of_duplicates():
     assert error_official > 3 * error_repaired and error_noise > 3 * error_repaired
 
 
-def test_cli_synthetic_bn_records_caches_and_saves(tiny_checkpoints, cifar_root, tmp_path, monkeypatch):
+def test_cli_synthetic_bn_records_caches_and_saves(tiny_checkpoints, cifar_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("ifm.synthesis.ITERATIONS", 20)
     results, merged = tmp_path / "r.jsonl", tmp_path / "m.pt"
     base = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--data_root", str(cifar_root),
             "--threshold", "0.6", "--results", str(results), "--no_progress", "--workers", "0"]
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--save_merged", str(merged)]) == 0
+    made = capsys.readouterr().out  # where the images go, and that they will be reused
+    assert "synthetic images: 8 made in" in made and str(tmp_path / "synthetic_images") in made and "reused" in made
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8"]) == 0
+    assert "synthetic images: 8 reused from " + str(tmp_path / "synthetic_images") in capsys.readouterr().out
     assert cli("cifar10", "vgg", base) == 0
     first, second, plain = read_jsonl(results)
     assert first["synthetic_bn"] == 8 and plain["synthetic_bn"] == 0 and "synthesis" not in plain

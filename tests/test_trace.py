@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import models
-from ifm import IFMError, build_groups, chain_spaces, channel_groups, iterative_feature_merging, resnet_spaces
+from ifm import (IFMError, build_groups, chain_spaces, channel_groups, iterative_feature_merging, resnet_spaces,
+                 slim_model)
 from ifm.architectures import ARCHITECTURES, get_architecture
 from ifm.discovery import check_groups
 from ifm.experiments.synthetic import copy_channel
@@ -359,3 +360,30 @@ def test_the_product_of_a_gate_carries_the_gated_activation_on():
     assert "stem" not in [g.name for g in groups] and graph.activations == ["silu"]
     with_relu = trace_spaces(_GatedDepthwise(), (3, 8, 8))
     assert not with_relu.frozen_reason(next(s.id for s in with_relu.spaces if s.producer == "stem"))
+
+
+class _NormThenDepthwise(nn.Module):
+    """conv → torchvision's LayerNorm2d (permute, layer_norm over channels, permute back) → depthwise conv → BN →
+    ReLU → 1×1 conv → linear."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.convnext import LayerNorm2d
+        self.conv, self.norm = nn.Conv2d(3, 16, 3, padding=1), LayerNorm2d(16)
+        self.dw, self.bn = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.pw, self.fc = nn.Conv2d(16, 8, 1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.dw(self.norm(self.conv(x)))))
+        return self.fc(self.pw(x).mean((2, 3)))
+
+
+def test_a_depthwise_conv_after_a_channels_last_layer_norm_is_no_dense_conv():
+    torch.manual_seed(0)
+    model = _NormThenDepthwise().eval()
+    groups = channel_groups(model, input_size=(3, 20, 24))
+    assert [g.name for g in groups] == ["pw"]  # the layer norm mixes the channels the depthwise conv filters
+    result = iterative_feature_merging(model.state_dict(), groups, beta=0.9, max_ratio=0.3)
+    slim = slim_model(model, result.state_dict)
+    assert result.widths["pw"] < 8 and slim(torch.randn(2, 3, 20, 24)).shape == (2, 10)
+    assert check_groups(model, None, groups, input_size=(3, 20, 24)) <= 1e-9  # the library's permutation check

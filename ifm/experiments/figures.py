@@ -33,10 +33,19 @@ PAPER_TABLE2 = {("cifar10", "VGG13"): "0.018 ± 0.003", ("cifar10", "VGG16"): "0
 
 
 # ------------------------------------------------------------------------------------ curves
-#: record fields that change a result: records differing in any of them belong to different curves
-CURVE_FIELDS = ("model", "checkpoint_digest", "method", "bn_mode", "recalibrate_bn", "order", "max_ratio",
-                "stages", "dtype", "eval_samples", "seeds", "data_root")
-_DESCRIBE = {"method": lambda v: {"ifm": "IFM", "l1": "L1 pruning", "random": "random pruning"}.get(v, v),
+def curve_fields(spec_type: type | None = None) -> tuple[str, ...]:
+    """Record fields that change a result: records differing in any of them belong to different curves (the
+    sweep's identity of a run, the checkpoint by its digest)."""
+    from .sweep import same_run_fields
+    return tuple(f for f in same_run_fields(*(() if spec_type is None else (spec_type,))) if f != "checkpoint")
+
+
+CURVE_FIELDS = curve_fields()
+_DESCRIBE = {"method": lambda v: {"ifm": "IFM", "l1": "L1 pruning", "random": "random pruning",
+                                  "kmeans": "k-means"}.get(v, v),
+             "bn_correction": lambda v: f"correction {v}",
+             "synthetic_bn": lambda v: f"BN on {v} synthetic images" if v not in ("0", "None") else "no synthetic BN",
+             "target_params": lambda v: f"budget {v} %",
              "bn_mode": lambda v: f"BN {v}", "recalibrate_bn": lambda v: f"BN recalibrated on {v}" if v not in
              ("0", "None") else "no BN recalibration", "order": lambda v: f"order {v}",
              "eval_samples": lambda v: f"{v} test images", "seeds": lambda v: f"{v} seeds"}
@@ -67,17 +76,21 @@ def _default_widths(arch: str) -> dict[str, int]:
     return {g.name: g.width for g in channel_groups(arch, get_architecture(arch).build(10).state_dict())}
 
 
-def curves_by_setting(records: Sequence[dict]) -> dict[str, list[dict]]:
+def curves_by_setting(records: Sequence[dict], spec_type: type | None = None) -> dict[str, list[dict]]:
     """Evaluated records grouped into curves by every setting that changes a result, sorted by β (the last
     record of a β wins). Labels name the model and its width, then what tells curves apart: the checkpoint
     (when a model has several), the method, BN mode, recalibration, order, evaluated images..."""
+    from .run import RunSpec, record_defaults
+    fields = curve_fields(spec_type)
+    defaults = record_defaults(spec_type or RunSpec)
     groups: dict[tuple, dict[float, dict]] = {}
     for r in records:
         if r.get("acc_after") is None:
             continue
-        key = tuple(str(r.get(f, r.get("checkpoint")) if f == "checkpoint_digest" else r.get(f)) for f in CURVE_FIELDS)
+        key = tuple(str(r.get(f, r.get("checkpoint")) if f == "checkpoint_digest" else r.get(f, defaults.get(f)))
+                    for f in fields)
         groups.setdefault(key, {})[r["beta"]] = r
-    varying = {f for i, f in enumerate(CURVE_FIELDS) if len({k[i] for k in groups}) > 1}
+    varying = {f for i, f in enumerate(fields) if len({k[i] for k in groups}) > 1}
     per_model: dict[str, set] = {}
     for key in groups:
         per_model.setdefault(key[0], set()).add(key[1])
@@ -88,10 +101,10 @@ def curves_by_setting(records: Sequence[dict]) -> dict[str, list[dict]]:
         parts = [key[0] + (f" ×{factor:g}" if factor and abs(factor - 1) > 1e-9 else "")]
         if len(per_model[key[0]]) > 1:
             parts.append(checkpoint_label(first))
-        parts += [_DESCRIBE.get(f, lambda v, f=f: f"{f} {v}")(key[i]) for i, f in enumerate(CURVE_FIELDS)
+        parts += [_DESCRIBE.get(f, lambda v, f=f: f"{f} {v}")(key[i]) for i, f in enumerate(fields)
                   if f in varying and f not in ("model", "checkpoint_digest", "data_root")]
         if "data_root" in varying:
-            parts.append(f"data {Path(key[CURVE_FIELDS.index('data_root')]).name}")
+            parts.append(f"data {Path(key[fields.index('data_root')]).name}")
         labels[key] = ", ".join(parts)
     curves: dict[str, list[dict]] = {}
     for key, label in labels.items():

@@ -31,8 +31,9 @@ def _umask() -> int:
 
 
 def _check_creatable(folder: Path, what: str, path: Path) -> None:
-    """``folder`` exists as a writable folder, or can be made: its nearest existing ancestor is a writable folder.
-    Nothing is created (a run that fails later on its inputs leaves no empty folder behind)."""
+    """``folder`` exists as a writable folder, or can be made: its nearest existing ancestor is a folder in which a
+    folder can be made (tried and removed again: permission bits alone say yes to root, also on read-only mounts
+    and under /proc). Nothing is left behind (a run that fails later on its inputs leaves no empty folder)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -40,6 +41,11 @@ def _check_creatable(folder: Path, what: str, path: Path) -> None:
         raise IFMError(f"cannot create {what} {path}: {existing} is a file, not a folder; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise IFMError(f"{what} {path} is not writable ({existing} is read-only); choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ifm-probe-", dir=existing))
+    except OSError as exc:
+        raise IFMError(f"{what} {path} cannot be written ({existing}: {exc.strerror or exc}); choose another path") \
+            from None
 
 
 def writable_location(path: str | os.PathLike, what: str) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,13 +24,14 @@ from ..errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from ..device import pick_device
-from .calibration import recalibrated, synthetic_calibration
-from ..budget import Budget, check_budget, ifm_budget, params_at_widths, uniform_budget
-from ..correction import correct_merged
-from ..kmeans import kmeans_partition
-from ..merge import IterativeMerger, MergeResult, check_hyperparameters
+from .calibration import synthetic_calibration, synthetic_images_path
+from .. import pipeline
+from ..beyond import PRUNINGS
+from ..budget import Budget
+from ..merge import DTYPES, ORDERS, MergeResult
+from ..pipeline import Compression, compress, reestimate_statistics, resolve_rule, synthetic_batches
 from ..metrics import count_flops, count_params
-from .run import DEFAULT_RESULTS, RunOptions, RunSpec, from_args
+from .run import DEFAULT_RESULTS, RunOptions, RunSpec, add_option_arguments, as_flags, from_args
 from ..trace import TracedGraph
 
 
@@ -59,11 +59,11 @@ def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: s
         p.add_argument("--weights", default=None, help="torchvision weights instead of --model_param, e.g. IMAGENET1K_V1")
     p.add_argument("--threshold", type=float, default=0.1, help="beta of Eq. 9, in (0, 1)")
     p.add_argument("--max_ratio", type=float, default=1.0, help="cap on merges per group, in (0, 1]")
-    p.add_argument("--order", default="official", choices=["official", "layerwise"],
+    p.add_argument("--order", default="official", choices=list(ORDERS),
                    help="official: one merge per group per sweep; layerwise: paper Algorithm 1")
     if family in ("resnet", "any"):
         p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNet stages to merge (default: 3 4)")
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="distance bookkeeping")
+    p.add_argument("--dtype", default="float64", choices=list(DTYPES), help="distance bookkeeping")
     p.add_argument("--data_root", default="data/cifar10" if dataset == "cifar10" else "data/imagenet")
     if dataset == "cifar10":  # ImageNet cannot be downloaded by torchvision
         p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if absent")
@@ -78,11 +78,12 @@ def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: s
     p.add_argument("--no_progress", action="store_true")
 
 
-def merge_argument_parser(dataset: str, family: str, **parser_options) -> argparse.ArgumentParser:
-    """A parser with the entry scripts' arguments and the options beyond the paper."""
+def merge_argument_parser(dataset: str, family: str, spec_type: type = RunSpec,
+                          **parser_options) -> argparse.ArgumentParser:
+    """A parser with the entry scripts' arguments and the options beyond the paper (those of ``spec_type``)."""
     parser = argparse.ArgumentParser(**parser_options)
     add_merge_arguments(parser, dataset, family)
-    add_extension_arguments(parser)
+    add_extension_arguments(parser, spec_type)
     if family == "any":
         parser.set_defaults(merge_rule="auto")
     return parser
@@ -150,14 +151,7 @@ def load_model(spec: RunSpec, initialise: bool = False) -> LoadedModel:
         normalize = _training_normalization(Path(spec.model_param)) if arch.dataset == "cifar10" else None
     model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
     graph = arch.trace(state_dict)
-    rule, reason = spec.merge_rule, ""
-    if spec.method == "kmeans":
-        rule, reason = "mean", "mean: k-means clusters are merged by the mean rule, as Model Folding does"
-    elif rule == "auto":
-        activations = graph.activations
-        rule = "mean" if activations else "official"
-        reason = (f"mean: the model has {', '.join(activations)} between layers it merges" if activations
-                  else "official: every activation between merged layers is ReLU-like (or inside a gate)")
+    rule, reason = resolve_rule(graph, spec.merge_rule, "kmeans" if spec.method == "kmeans" else "ifm")
     if spec.arch not in ARCHITECTURES:  # traced groups of a model nobody described: checked once
         check_groups(arch, state_dict, channel_groups(arch, state_dict, spec.stages, rule=rule, graph=graph))
     return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model, rule, reason, graph)
@@ -229,95 +223,28 @@ class Evaluator:
 
 # --------------------------------------------------------------------------------------- running
 def merge_loaded(loaded: LoadedModel, spec: RunSpec, device: torch.device, progress: bool = False) -> MergeResult:
-    """The run's merge: IFM with its β, max_ratio, order, stages, dtype, BN mode and correction (or, for
-    ``method="kmeans"``, Model Folding's k-means clusters at the share ``max_ratio``)."""
-    return merge_weights(loaded, spec.beta, max_ratio=spec.max_ratio, order=spec.order, dtype=spec.dtype,
-                         bn_mode=spec.bn_mode, stages=spec.stages, device=device, progress=progress,
-                         rule=loaded.merge_rule, bn_correction=spec.bn_correction,
-                         clustering="kmeans" if spec.method == "kmeans" else "ifm", max_merges=spec.max_merges)
+    """The run's merge (no budget left to resolve; see :func:`ifm.pipeline.merge_state_dict`)."""
+    return pipeline.merge_state_dict(loaded.arch, loaded.state_dict, spec.compression(loaded.merge_rule),
+                                     loaded.graph, device, progress)
 
 
 def merge_weights(loaded: LoadedModel, beta: float, max_ratio: float = 1.0, order: str = "official",
                   dtype: str = "float64", bn_mode: str = "official", stages: Sequence[int] | None = None,
                   device: torch.device | str = "cpu", progress: bool = False, rule: str = "official",
                   bn_correction: str = "none", clustering: str = "ifm", max_merges: int | None = None) -> MergeResult:
-    """IFM on the loaded weights; ``bn_mode="fold"`` folds BN into the convs first (beyond the paper); ``rule``:
-    the official or the mean merge rule; ``bn_correction``: the data-free repair of merged channels
-    (:mod:`ifm.correction`); ``clustering="kmeans"``: merge k-means clusters of each group (the same share
-    ``max_ratio`` everywhere, :mod:`ifm.kmeans`) instead of IFM's pairs; ``max_merges``: stop IFM after that many
-    merges."""
-    original = state_dict = loaded.state_dict
-    graph = loaded.graph or loaded.arch.trace(state_dict)
-    groups = merged_groups = channel_groups(loaded.arch, state_dict, stages, rule=rule, graph=graph)
-    fold = bn_mode == "fold"
-    if fold:  # each BN's producer and eps, from the graph
-        state_dict = beyond.fold_batchnorm(state_dict, graph.batch_norms)
-        merged_groups = beyond.without_bn_statistics(groups, graph.batch_norms)
-    # the consumers' Gram matrices of the merge's first pass serve the correction (folding changes the consumers)
-    keep = bn_correction == "weights" and not fold
-    partition = kmeans_partition(state_dict, merged_groups, max_ratio) if clustering == "kmeans" else None
-    if partition is None:
-        check_hyperparameters(beta, max_ratio)  # before the first distance pass
-    merger = IterativeMerger(state_dict, merged_groups, dtype=getattr(torch, dtype), device=device, rule=rule,
-                             keep_column_grams=keep)
-    if partition is None:
-        result = merger.run(beta, max_ratio, order, progress, max_merges)
-    else:
-        result = merger.merge_partition(partition)
-    if fold:
-        result.state_dict = beyond.reset_identity_bn(result.state_dict, graph.batch_norms)
-    if bn_correction != "none":
-        start = time.perf_counter()
-        result.state_dict = correct_merged(original, result.state_dict, groups, result.clusters, rule,
-                                           graph.batch_norms, bn_correction, folded=fold,
-                                           column_grams=result.column_grams)
-        result.correction_seconds = time.perf_counter() - start + merger.column_gram_seconds
-    result.column_grams = {}  # (their only use was the correction)
-    return result
-
-
-def parameter_keys(model: nn.Module) -> list[str]:
-    """The state-dict keys of ``model``'s parameters (running statistics excluded)."""
-    return [name for name, _ in model.named_parameters()]
+    """IFM (or k-means clusters, ``clustering="kmeans"``) on the loaded weights with these options: the
+    pipeline's merge steps (:func:`ifm.pipeline.merge_state_dict`)."""
+    compression = Compression(beta=beta, max_ratio=max_ratio, order=order, dtype=dtype, bn_mode=bn_mode,
+                              stages=stages, rule=rule, correction=bn_correction, clustering=clustering,
+                              max_merges=max_merges)
+    return pipeline.merge_state_dict(loaded.arch, loaded.state_dict, compression, loaded.graph, device, progress)
 
 
 def resolve_budget(loaded: LoadedModel, spec: RunSpec, device: torch.device) -> tuple[RunSpec, Budget | None]:
-    """``spec`` with the β (``ifm`` allocation) or max_ratio (``uniform``; always for k-means) that keeps at least
-    ``spec.target_params`` % of the parameters; unchanged without a budget."""
-    if spec.target_params is None:
-        return spec, None
-    keys = parameter_keys(loaded.model)
-    if spec.allocation == "uniform" or spec.method == "kmeans":
-        groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
-        found = uniform_budget(loaded.state_dict, keys, groups, spec.target_params)
-        return spec.replace(beta=found.beta, max_ratio=found.max_ratio, allocation="uniform"), found
-    total = sum(loaded.state_dict[k].numel() for k in keys)
-    below: dict[float, MergeResult] = {}  # the latest probe under the budget: the bisection's upper β
-
-    def params_pct_at(beta: float) -> float:
-        result = merge_weights(loaded, beta, order=spec.order, dtype=spec.dtype, bn_mode=spec.bn_mode,
-                               stages=spec.stages, device=device, rule=loaded.merge_rule)
-        pct = 100.0 * sum(result.state_dict[k].numel() for k in keys) / total
-        if pct < spec.target_params:
-            below.clear()
-            below[beta] = result
-        return pct
-
-    def prefix_pct(beta: float):
-        result = below[beta]
-        groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
-
-        def kept(n: int) -> float:
-            widths = dict(result.original_widths)
-            for step in result.merge_log[:n]:
-                widths[step.group] -= 1
-            return 100.0 * params_at_widths(loaded.state_dict, keys, groups, widths) / total
-        return kept
-    found = ifm_budget(params_pct_at, spec.target_params, prefix_pct=prefix_pct)
-    if found.params_pct > spec.target_params + 5:
-        warnings.warn(f"--target_params {spec.target_params:g}: IFM stops at {found.params_pct:.1f} % of the "
-                      "parameters even at β 0.999 (Eq. 9 stops every group); --allocation uniform goes lower")
-    return spec.replace(beta=found.beta, max_ratio=found.max_ratio, max_merges=found.max_merges), found
+    """``spec`` with the β, max_ratio and max_merges its parameter budget resolves to (unchanged without one)."""
+    compression, budget = pipeline.resolve_budget(loaded.arch, loaded.state_dict, loaded.model,
+                                                  spec.compression(loaded.merge_rule), loaded.graph, device)
+    return spec.resolved(compression), budget
 
 
 def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> list[dict]:
@@ -330,9 +257,9 @@ def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> li
 def validate(spec: RunSpec, options: RunOptions) -> None:
     """Checks that need no work, done before anything is computed or written."""
     try:
-        check_hyperparameters(spec.beta, spec.max_ratio)
+        spec.compression(spec.merge_rule if spec.merge_rule != "auto" else "official")
     except ValueError as exc:
-        raise IFMError(str(exc)) from None
+        raise IFMError(as_flags(str(exc))) from None
     save = options.save_merged
     if save and Path(save).exists() and not options.overwrite:
         raise IFMError(f"{save} exists; choose another --save_merged path or pass --overwrite")
@@ -358,14 +285,11 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
         raise IFMError(f"--synthetic_bn must be 0 or more, got {spec.synthetic_bn}")
     if spec.synthetic_bn and spec.recalibrate_bn:
         raise IFMError("--synthetic_bn and --recalibrate_bn both re-estimate the BN statistics: give one of them")
-    check_budget(spec.target_params, spec.allocation)
+    if spec.recalibrate_bn and not spec.evaluates:
+        raise IFMError(f"--recalibrate_bn {spec.recalibrate_bn} re-estimates BN statistics on training images: give "
+                       "--data_root (without --no_eval), or --synthetic_bn N for data-free images")
     if spec.allocation != "ifm" and spec.target_params is None:
         raise IFMError(f"--allocation {spec.allocation} applies with --target_params P; give the budget too")
-    if spec.max_merges is not None and spec.max_merges < 0:
-        raise IFMError(f"--max_merges must be 0 or more, got {spec.max_merges}")
-    if spec.method == "kmeans" and spec.target_params is None and spec.max_ratio >= 1.0:
-        raise IFMError("--baseline kmeans merges the same share of every group: give it with --max_ratio below 1 "
-                       "(e.g. 0.5) or --target_params P")
 
 
 def baseline_cache(options: RunOptions) -> Path:
@@ -375,38 +299,46 @@ def baseline_cache(options: RunOptions) -> Path:
 
 def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | None = None,
                    evaluator: Evaluator | None = None) -> dict:
-    """One self-merge run; returns the JSON record (also appended to ``options.results``)."""
+    """One self-merge run through :func:`ifm.pipeline.compress`; returns the JSON record (also appended to
+    ``options.results``). BN statistics re-estimated on synthetic or training images are in the state dict that
+    is evaluated, saved and recorded."""
     validate(spec, options)
     device = pick_device(options.device)
     loaded = loaded or load_model(spec)
     if spec.evaluates and evaluator is None:
         evaluator = Evaluator(loaded, spec, options, device)  # fails on a bad data root before any work
     original = loaded.model
-    spec, budget = resolve_budget(loaded, spec, device)
-    result = merge_loaded(loaded, spec, device, options.progress)
-    merged_states = [result.state_dict]
-    if spec.method in ("l1", "random"):
-        merged_states = baseline_state_dicts(loaded, spec, result.widths)
+    images = cached = calibration = None
     if spec.synthetic_bn:
         images, cached = synthetic_calibration(original, loaded.arch.input_size, loaded.digest, spec.synthetic_bn,
                                                options.results, device, options.progress)
-        merged_states = [recalibrated(loaded.arch, s, images.images, device) for s in merged_states]
-    merged = model_for_state_dict(loaded.arch, merged_states[0])
-    record = make_record(loaded, spec, result, original, merged, device)
+    elif spec.recalibrate_bn:
+        calibration = list(evaluator.train_batches(spec.recalibrate_bn))
+    pruning = spec.method in PRUNINGS  # pruned at the widths of the IFM run, then re-estimated the same way
+    compression = spec.compression(loaded.merge_rule)
+    done = compress(loaded.arch, compression.replace(synthetic_bn=0) if pruning else compression,
+                    state_dict=loaded.state_dict, graph=loaded.graph, images=images,
+                    calibration=None if pruning else calibration, device=device, progress=options.progress)
+    spec = spec.resolved(done.compression)
+    merged_states = [done.state_dict]
+    if pruning:
+        merged_states = baseline_state_dicts(loaded, spec, done.widths)
+        batches = synthetic_batches(images.images) if images is not None else calibration
+        if batches is not None:
+            merged_states = [reestimate_statistics(loaded.arch, s, batches, device) for s in merged_states]
+    merged = done.model if not pruning else model_for_state_dict(loaded.arch, merged_states[0])
+    record = make_record(loaded, spec, done.merge, original, merged, device)
     if spec.synthetic_bn:
         record["synthesis"] = {"images": spec.synthetic_bn, "iterations": images.iterations, "cached": cached,
                                "seconds": images.seconds, "start_loss": images.start_loss,
-                               "final_loss": images.final_loss}
-    if budget is not None:
-        record["budget_probes"] = budget.probes
+                               "final_loss": images.final_loss, "path": str(synthetic_images_path(
+                                   options.results, loaded.digest, spec.synthetic_bn))}
+    if done.budget is not None:
+        record["budget_probes"] = done.budget.probes
     if spec.evaluates:
         before = evaluator.baseline(original, baseline_cache(options))
-        runs = []
-        for k, state in enumerate(merged_states):
-            model = merged if k == 0 else model_for_state_dict(loaded.arch, state)
-            if spec.recalibrate_bn:
-                model = beyond.recalibrate_bn(model.to(device), evaluator.train_batches(spec.recalibrate_bn))
-            runs.append(evaluator(model, "eval merged"))
+        runs = [evaluator(merged if k == 0 else model_for_state_dict(loaded.arch, state), "eval merged")
+                for k, state in enumerate(merged_states)]
         accs = torch.tensor([r.accuracy for r in runs])
         record.update(acc_before=before.accuracy, acc_after=accs.mean().item(), loss_before=before.loss,
                       loss_after=sum(r.loss for r in runs) / len(runs), eval_samples=runs[0].samples)
@@ -456,6 +388,8 @@ def format_record(record: dict) -> str:
                 if record.get("merge_rule", "official") != "official" or record.get("merge_rule_reason") else "")
              + (f"  bn_correction={record['bn_correction']}" if record.get("bn_correction", "none") != "none" else "")
              + (f"  BN re-estimated on {record['synthetic_bn']} synthetic images" if record.get("synthetic_bn") else "")
+             + (f"  BN re-estimated on {record['recalibrate_bn']} training images" if record.get("recalibrate_bn")
+                else "")
              + (f"  budget {record['target_params']:g}% ({record['allocation']} allocation)"
                 if record.get("target_params") is not None else ""),
              f"{'':10s}{'before':>16s}{'after':>16s}{'%':>9s}",
@@ -466,6 +400,12 @@ def format_record(record: dict) -> str:
              f"merges: {record['n_merges']} in {record['merge_seconds']:.2f}s ({record['iterations']} iterations)"
              + (f"; evaluated on {record['eval_samples']} images" if record['eval_samples'] else ""),
              "widths: " + ", ".join(f"{k}={v}/{record['original_widths'][k]}" for k, v in record["widths"].items())]
+    made = record.get("synthesis")
+    if made:
+        lines.append(f"synthetic images: {made['images']} "
+                     + (f"reused from {made['path']} (made earlier for this checkpoint)" if made["cached"] else
+                        f"made in {made['seconds']:.0f} s and kept in {made['path']} (reused by later runs of this "
+                        "checkpoint)"))
     return "\n".join(lines)
 
 
@@ -500,34 +440,7 @@ def list_groups(spec: RunSpec) -> str:
     return text + (f"\nmerge rule {loaded.rule_reason}" if loaded.rule_reason else "")
 
 
-def add_extension_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options beyond the paper; the defaults keep the official behaviour."""
-    p = parser
-    p.add_argument("--bn_mode", default="official", choices=["official", "fold"],
-                   help="official: BN statistics summed on merge; fold: BN folded into the convs first")
-    p.add_argument("--recalibrate_bn", type=int, default=0, metavar="N",
-                   help="after merging, re-estimate BN statistics on N training images (data-dependent)")
-    p.add_argument("--synthetic_bn", type=int, default=0, metavar="N",
-                   help="after merging, re-estimate BN statistics on N images synthesised from the original "
-                        "network's BN statistics (data-free; made once per checkpoint, kept beside --results)")
-    p.add_argument("--baseline", default=None, choices=["l1", "random", "kmeans"],
-                   help="l1, random: channel pruning at IFM's widths instead of the merged model; kmeans: Model "
-                        "Folding's channels (k-means per group, the same share --max_ratio in every group, merged "
-                        "by the mean rule)")
-    p.add_argument("--bn_correction", default="none", choices=["none", "rows", "weights"],
-                   help="data-free repair of merged channels: store the merged channel's true variance (or, with "
-                        "--bn_mode fold or no BN, rescale it), the members' correlation estimated by the cosine of "
-                        "their producer rows (rows) or of their concatenated weights (weights)")
-    p.add_argument("--target_params", type=float, default=None, metavar="P",
-                   help="keep at least P %% of the parameters: the β (or max_ratio) is found for it")
-    p.add_argument("--max_merges", type=int, default=None, metavar="N",
-                   help="stop IFM after its first N merges (--target_params sets it when no β lands on the budget)")
-    p.add_argument("--allocation", default="ifm", choices=["ifm", "uniform"],
-                   help="with --target_params: ifm, the largest β that keeps the budget; uniform, the same share "
-                        "merged in every group")
-    p.add_argument("--seeds", type=int, default=5, help="--baseline random: number of seeds")
-    p.add_argument("--merge_rule", default="official", choices=["official", "mean", "auto"],
-                   help="official: producer rows (and BN) summed, consumer columns averaged (keeps the function of "
-                        "duplicates through ReLU); mean: the dual (through any activation); auto: mean when the "
-                        "model has SiLU, GELU, ReLU6, sigmoid... between merged layers (the default of "
-                        "scripts/self_merge.py)")
+def add_extension_arguments(parser: argparse.ArgumentParser, spec_type: type = RunSpec) -> None:
+    """Options beyond the paper, one per flagged field of the run description (their defaults keep the official
+    behaviour; see :func:`ifm.experiments.run.option`)."""
+    add_option_arguments(parser, spec_type)

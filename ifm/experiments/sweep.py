@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 
 from ..errors import IFMError
 from .io import read_jsonl
-from .run import RunOptions, RunSpec
+from .run import RunOptions, RunSpec, identity_fields, record_defaults
 from .selfmerge import Evaluator, load_model, pick_device, run_identity, run_self_merge, validate
 
 try:
@@ -23,19 +23,25 @@ except ImportError:  # Windows
 
 PAPER_BETAS: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.1, 0.12, 0.14, 0.15, 0.18, 0.2)
 OFFICIAL_EXTRA_BETAS: tuple[float, ...] = (0.22, 0.24, 0.25, 0.26, 0.28, 0.3)
-SAME_RUN_FIELDS = ("model", "checkpoint", "checkpoint_digest", "method", "max_ratio", "order", "stages", "dtype",
-                   "eval_samples", "bn_mode", "recalibrate_bn", "synthetic_bn", "seeds", "data_root", "merge_rule",
-                   "bn_correction", "target_params", "allocation", "max_merges")
-#: the value of a field that records written before it existed held implicitly
-FIELD_DEFAULTS = {"merge_rule": "official", "bn_correction": "none", "synthetic_bn": 0}
 
 
-def run_key(record: dict) -> tuple:
-    """What identifies a run besides β (other fields absent from older records count as None). A run with a
+def same_run_fields(spec_type: type = RunSpec) -> tuple[str, ...]:
+    """The record fields that identify a run besides β: the weights, every identity field of ``spec_type`` and the
+    evaluated images (a field added to the run description joins them)."""
+    return ("model", "checkpoint", "checkpoint_digest",
+            *(f for f in identity_fields(spec_type) if f != "beta"), "eval_samples")
+
+
+SAME_RUN_FIELDS = same_run_fields()
+
+
+def run_key(record: dict, spec_type: type = RunSpec) -> tuple:
+    """What identifies a run besides β (a field absent from an older record had its default). A run with a
     parameter budget is identified by the budget: its β and max_ratio are what the budget chose."""
     budget = record.get("target_params") is not None
-    return tuple("None" if budget and f in ("max_ratio", "max_merges") else str(record.get(f, FIELD_DEFAULTS.get(f)))
-                 for f in SAME_RUN_FIELDS)
+    defaults = record_defaults(spec_type)
+    return tuple("None" if budget and f in ("max_ratio", "max_merges") else str(record.get(f, defaults.get(f)))
+                 for f in same_run_fields(spec_type))
 
 
 def matching_records(results: str, key: tuple) -> dict[float, dict]:
@@ -49,6 +55,13 @@ def sweep(spec: RunSpec, options: RunOptions, betas: Sequence[float], log=print)
 
     Concurrent sweeps on one results file share the work: a β another process is computing is left for
     later, then taken from its record."""
+    try:
+        return _sweep(spec, options, betas, log)
+    finally:  # (also on Ctrl-C) the claims file goes when no other process holds a claim in it
+        remove_claims_file(options.results)
+
+
+def _sweep(spec: RunSpec, options: RunOptions, betas: Sequence[float], log=print) -> list[dict]:
     several = len(betas) > 1
     saved = check_sweep(spec, options, betas)
     device = pick_device(options.device)
@@ -110,6 +123,26 @@ def run_claim(results: str | Path, key: tuple, beta: float, wait: bool) -> Itera
         yield True
     finally:
         os.close(fd)  # releases the lock
+
+
+def remove_claims_file(results: str | Path) -> None:
+    """Remove the hidden claims file of ``results`` unless another process holds a claim in it (then it stays for
+    that process, which removes it when it ends)."""
+    if fcntl is None:
+        return
+    results = Path(results)
+    lock_path = results.with_name(f".{results.name}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the whole file: no claim of another process in it
+        os.unlink(lock_path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _for_beta(spec: RunSpec, options: RunOptions, beta: float, several: bool, saved: set = frozenset()
