@@ -11,7 +11,7 @@ The steps, each an option of :class:`Compression` (the defaults are the official
 1. the merge rule (``rule="auto"``: the mean rule when the model has SiLU, GELU... between layers it merges);
 2. the channel groups, traced from the model's graph (:mod:`ifm.discovery`);
 3. a parameter budget (``target_params``) resolved to a β or a share of merged channels (:mod:`ifm.budget`);
-4. BN folded into the convs first (``bn_mode="fold"``, :mod:`ifm.beyond`);
+4. BN folded into the convs first (``bn_mode="fold"``, :mod:`ifm.batchnorm`);
 5. the merge: IFM's closest pairs (Eq. 6-10, :mod:`ifm.merge`) or k-means clusters (``clustering="kmeans"``);
 6. folded BNs reset, and the data-free correction of merged channels (``correction``, :mod:`ifm.correction`);
 7. BN statistics re-estimated, on ``synthetic_bn`` images synthesised from the original network's BN statistics
@@ -30,9 +30,9 @@ from typing import Iterable, Literal, Mapping, Sequence, get_args
 import torch
 from torch import nn
 
-from . import beyond
+from . import batchnorm
 from .architectures import Architecture, get_architecture, model_for_state_dict, module_architecture
-from .beyond import BN_MODES, BnMode
+from .batchnorm import BN_MODES, BnMode
 from .budget import ALLOCATIONS, Allocation, Budget, ifm_budget, params_at_widths, uniform_budget
 from .correction import ESTIMATORS, Estimator, correct_merged
 from .discovery import channel_groups, check_groups
@@ -164,8 +164,8 @@ def merge_state_dict(arch: Architecture, state_dict: Mapping[str, Tensor], c: Co
     groups = merged_groups = channel_groups(arch, state_dict, c.stages, rule=c.rule, graph=graph)
     fold = c.bn_mode == "fold"
     if fold:  # each BN's producer and eps, from the graph
-        state_dict = beyond.fold_batchnorm(state_dict, graph.batch_norms)
-        merged_groups = beyond.without_bn_statistics(groups, graph.batch_norms)
+        state_dict = batchnorm.fold_batchnorm(state_dict, graph.batch_norms)
+        merged_groups = batchnorm.without_bn_statistics(groups, graph.batch_norms)
     # the consumers' Gram matrices of the merge's first pass serve the correction (folding changes the consumers)
     keep = c.correction == "weights" and not fold
     partition = kmeans_partition(state_dict, merged_groups, c.max_ratio) if c.clustering == "kmeans" else None
@@ -176,7 +176,7 @@ def merge_state_dict(arch: Architecture, state_dict: Mapping[str, Tensor], c: Co
     else:
         result = merger.merge_partition(partition)
     if fold:
-        result.state_dict = beyond.reset_identity_bn(result.state_dict, graph.batch_norms)
+        result.state_dict = batchnorm.reset_identity_bn(result.state_dict, graph.batch_norms)
     if c.correction != "none":
         start = time.perf_counter()
         result.state_dict = correct_merged(original, result.state_dict, groups, result.clusters, c.rule,
@@ -239,7 +239,7 @@ def reestimate_statistics(arch: Architecture, state_dict: Mapping[str, Tensor], 
     """Step 7: ``state_dict`` with every BN's running statistics re-estimated on ``batches`` (tensors, or
     ``(inputs, labels)`` pairs; cumulative average over them)."""
     model = model_for_state_dict(arch, state_dict).to(device)
-    beyond.recalibrate_bn(model, (((b if isinstance(b, Tensor) else b[0]).to(device), None) for b in batches))
+    batchnorm.recalibrate_bn(model, (((b if isinstance(b, Tensor) else b[0]).to(device), None) for b in batches))
     found = model.state_dict()
     return {k: found[k].detach().cpu() for k in state_dict}
 

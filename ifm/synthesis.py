@@ -3,7 +3,7 @@
 Inputs are optimised, from Gaussian noise, until every BatchNorm layer of the *original* network sees a batch
 whose per-channel mean and standard deviation equal its stored running statistics (the BN loss of ZeroQ, Cai et
 al. 2020, and DeepInversion, Yin et al. 2020). Re-estimating a merged network's BN statistics on these images
-(:func:`ifm.beyond.recalibrate_bn`) then needs no data: only the original weights and their BN statistics.
+(:func:`ifm.pipeline.reestimate_statistics`) then needs no data: only the original weights and their BN statistics.
 
 Why it helps where the closed-form repair (:mod:`ifm.correction`) stops: that repair sets each merged BN from
 its members' statistics in the *original* network, so errors in one layer's variance change the inputs of the
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .beyond import batch_norm_layers
+from .batchnorm import batch_norm_layers
 
 Tensor = torch.Tensor
 

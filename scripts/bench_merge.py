@@ -1,7 +1,7 @@
 """Benchmark: our incremental IFM against a naive re-computation of the official algorithm.
 
 For each input it prints the wall time of our merge (everything: Gram pass, merging, gathering the
-state dict), of the naive algorithm (``tests/naive_reference.py``: every visit recomputes the group's
+state dict), of the naive algorithm (``ifm/naive.py``: every visit recomputes the group's
 full distance matrix, as the official code does), their ratio, and the *floor*: one full distance
 computation of all groups in float64, which no correct method can beat, and ``floor32``: the same pass
 as the official code computes it (float32 Gram identity, one torch matrix product per group). Also the
@@ -39,8 +39,8 @@ import models  # noqa: E402
 from ifm import IterativeMerger, channel_groups, iterative_feature_merging  # noqa: E402
 from ifm.blas import syrk_upper  # noqa: E402
 from ifm.experiments.io import load_state_dict_file  # noqa: E402
-from ifm.experiments.synthetic import near_duplicate_state_dict  # noqa: E402
-from tests.naive_reference import NaiveDeadline, naive_distance, naive_ifm  # noqa: E402
+from ifm.experiments.planted import near_duplicate_state_dict  # noqa: E402
+from ifm.naive import NaiveDeadline, naive_distance, naive_ifm  # noqa: E402
 
 
 def near_duplicate_vgg16(seed: int = 0, prototypes: float = 0.25, noise: float = 0.02) -> dict:
@@ -106,7 +106,7 @@ COLD = """
 import sys, time
 sys.path.insert(0, {root!r})
 from ifm import channel_groups, iterative_feature_merging
-from ifm.experiments.synthetic import near_duplicate_state_dict
+from ifm.experiments.planted import near_duplicate_state_dict
 sd = near_duplicate_state_dict("VGG16", 0, {prototypes})
 groups = channel_groups("VGG16", sd)
 start = time.perf_counter()

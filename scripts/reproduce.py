@@ -34,7 +34,7 @@ from ifm.experiments.evaluate import training_image_batches  # noqa: E402
 from ifm.experiments.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.experiments.run import RunOptions, RunSpec  # noqa: E402
 from ifm.experiments.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
-from ifm.experiments.synthetic import near_duplicate_state_dict  # noqa: E402
+from ifm.experiments.planted import near_duplicate_state_dict  # noqa: E402
 
 
 def _curves(results: str) -> dict[str, list[dict]]:

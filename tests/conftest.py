@@ -9,7 +9,7 @@ from PIL import Image
 
 import models
 from ifm import channel_groups
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 
 
 def make_image_folder(root: Path, splits: dict[str, int], size: int = 32, classes: int = 10, seed: int = 0) -> Path:
@@ -58,22 +58,3 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
         torch.save({"net": {f"module.{k}": v for k, v in sd.items()}}, path)  # wrapped + DataParallel prefix
         out[name] = path
     return out
-
-
-#: tests that take seconds each (naive-reference comparisons on torchvision-size models, subprocesses,
-#: distributed training): ``pytest -m "not slow"`` is the quick loop; CI runs everything
-SLOW = ("test_matches_naive_official_algorithm[tv_", "test_matches_naive_official_algorithm[ResNet50",
-        "test_imagenet_scripts[vgg", "test_distributed_training", "test_concurrent_appends",
-        "test_unknown_imagenet_arch", "test_bad_input_is_one_clear_line", "test_bad_input_is_one_line",
-        "test_unreadable_checkpoint", "test_table2_small", "test_permuting_every_group_preserves_outputs[vgg11",
-        "test_smoke_profile", "test_an_interrupted_training", "test_two_concurrent_sweeps",
-        "test_mean_rule_matches_the_naive_algorithm[tv_", "test_torchvision_cnns_trace_and_their_groups_keep_the_function[wide",
-        "test_torchvision_cnns_trace_and_their_groups_keep_the_function[convnext",
-        "test_torchvision_cnns_trace_and_their_groups_keep_the_function[resnext",
-        "test_every_offline_command_runs_on_smoke_data", "test_stages_1_to_4_merge_every_stage")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.name.startswith(SLOW):
-            item.add_marker(pytest.mark.slow)

@@ -1,6 +1,9 @@
 """Small generated models and weights for the tests (no data, no downloads)."""
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
+import pytest
 import torch
 from torch import nn
 
@@ -23,3 +26,15 @@ def plain_cnn(widths=(6, 8, 5), num_classes: int = 4, bias: bool = True) -> nn.S
         c_in = w
     layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(c_in * 4, 7), nn.ReLU(), nn.Linear(7, num_classes)]
     return nn.Sequential(*layers)
+
+
+def marked_slow(values: Iterable, is_slow: Callable) -> list:
+    """``values`` for ``pytest.mark.parametrize``, each for which ``is_slow(value)`` holds marked slow (the quick loop,
+    ``-m "not slow"``, leaves it out)."""
+    out = []
+    for value in values:
+        if is_slow(value):
+            out.append(pytest.param(*(value if isinstance(value, tuple) else (value,)), marks=pytest.mark.slow))
+        else:
+            out.append(value)
+    return out

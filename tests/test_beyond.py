@@ -4,11 +4,11 @@ import torch
 
 import models
 from ifm import channel_groups, iterative_feature_merging, model_for_state_dict
-from ifm.beyond import (channel_scores, fold_batchnorm, prune_to_widths, recalibrate_bn, reset_identity_bn,
-                        without_bn_statistics)
+from ifm.batchnorm import (fold_batchnorm, recalibrate_bn, reset_identity_bn, without_bn_statistics)
+from ifm.pruning import channel_scores, prune_to_widths
 from ifm.experiments.io import read_jsonl
 from ifm.experiments.selfmerge import cli
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 from tests.helpers import randomize_bn
 
 
@@ -22,6 +22,7 @@ def _vgg_with_duplicates():
     return sd, groups
 
 
+@pytest.mark.slow
 def test_folding_preserves_the_function():
     sd, _ = _vgg_with_duplicates()
     x = torch.rand(4, 3, 32, 32)
@@ -30,6 +31,7 @@ def test_folding_preserves_the_function():
     torch.testing.assert_close(folded, original, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fold_merges_duplicates_exactly_and_official_does_not():
     sd, groups = _vgg_with_duplicates()
     x = torch.rand(4, 3, 32, 32)
@@ -86,6 +88,7 @@ def test_l1_and_random_pruning_keep_the_requested_widths():
         prune_to_widths(sd, groups, widths, "l2")
 
 
+@pytest.mark.slow
 def test_cli_options_and_records(tiny_checkpoints, cifar_root, tmp_path):
     results = tmp_path / "r.jsonl"
     base = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--data_root", str(cifar_root),

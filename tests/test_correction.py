@@ -20,7 +20,7 @@ from ifm.merge import IterativeMerger
 from ifm.experiments.run import RunOptions, RunSpec
 from ifm.experiments.selfmerge import cli, load_model, merge_weights, run_self_merge
 from ifm.pipeline import parameter_keys
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 from ifm.trace import trace_spaces
 from tests.helpers import randomize_bn
 
@@ -39,6 +39,7 @@ def _checkpoint_with_duplicates(tmp_path, arch: str, stages=None) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,stages", [("VGG11", None), ("ResNet18", (1, 2, 3, 4))])
 @pytest.mark.parametrize("rule", ["official", "mean"])
 @pytest.mark.parametrize("bn_mode", ["official", "fold"])
@@ -77,6 +78,7 @@ def _naive_corrected_variance(sd, group, producer, members, rule) -> float:
     return total / (len(members) ** 2 if rule == "mean" else 1) - producer.eps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,stages", [("VGG11", None), ("ResNet18", (1, 2, 3, 4))])
 @pytest.mark.parametrize("rule", ["official", "mean"])
 @pytest.mark.parametrize("shared", [True, False])
@@ -172,6 +174,7 @@ def test_rescaling_without_bn_gives_the_merged_preactivation_the_members_scale()
     torch.testing.assert_close(corrected["0.bias"], result.state_dict["0.bias"])
 
 
+@pytest.mark.slow
 def test_kmeans_finds_separated_clusters_and_gives_the_requested_widths():
     gen = np.random.default_rng(0)
     centres = gen.normal(size=(5, 30)) * 10
@@ -194,6 +197,7 @@ def test_kmeans_finds_separated_clusters_and_gives_the_requested_widths():
     torch.testing.assert_close(result.state_dict[f"{first.layer}.weight"].flatten(1), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,d,k", [(64, 300, 32), (128, 40, 40), (96, 500, 12)])
 def test_kmeans_reaches_the_optimum_of_a_reference_implementation(n, d, k):
     sklearn = pytest.importorskip("sklearn.cluster")
@@ -238,6 +242,7 @@ def _record(tmp_path, path, **spec) -> dict:
                           RunOptions(results=str(tmp_path / "r.jsonl"), progress=False))
 
 
+@pytest.mark.slow
 def test_ifm_budget_lands_within_one_channel_merge(tmp_path, tiny_checkpoints):
     record = _record(tmp_path, tiny_checkpoints["VGG11"], target_params=70.0)
     assert record["target_params"] == 70.0 and record["allocation"] == "ifm"
@@ -255,6 +260,7 @@ def test_ifm_budget_lands_within_one_channel_merge(tmp_path, tiny_checkpoints):
     assert again.widths == widths
 
 
+@pytest.mark.slow
 def test_uniform_budget_merges_the_largest_equal_share(tmp_path, tiny_checkpoints):
     record = _record(tmp_path, tiny_checkpoints["VGG11"], target_params=40.0, allocation="uniform")
     ratio = record["max_ratio"]
@@ -267,6 +273,7 @@ def test_uniform_budget_merges_the_largest_equal_share(tmp_path, tiny_checkpoint
     assert 100.0 * params_at_widths(loaded.state_dict, keys, groups, uniform_widths(groups, larger)) / total < 40.0
 
 
+@pytest.mark.slow
 def test_kmeans_baseline_through_the_script_reports_its_settings(tmp_path, tiny_checkpoints):
     record = _record(tmp_path, tiny_checkpoints["VGG11"], method="kmeans", max_ratio=0.5, bn_correction="weights")
     assert record["method"] == "kmeans" and record["merge_rule"] == "mean" and record["bn_correction"] == "weights"
@@ -290,7 +297,7 @@ def test_bad_budget_options_are_one_line(tmp_path, tiny_checkpoints, capsys, arg
 
 @pytest.mark.parametrize("rule", ["official", "mean"])
 def test_folded_rescale_keeps_the_mean_and_restores_the_members_scale(rule):
-    from ifm.beyond import fold_batchnorm, reset_identity_bn, without_bn_statistics
+    from ifm.batchnorm import fold_batchnorm, reset_identity_bn, without_bn_statistics
     model, x = _correlated_pair(rho=0.6)
     sd = model.state_dict()
     groups = channel_groups(model, input_size=(16, 1, 1))

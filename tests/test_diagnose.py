@@ -14,7 +14,7 @@ from ifm import channel_groups
 from ifm.experiments.diagnose import (batchnorm_mismatch, count_never_positive, diagnose_groups,
                                       self_distance_residues)
 from ifm.experiments.io import read_jsonl
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +104,7 @@ def test_the_bn_mismatch_command_writes_json_and_csv(tmp_path, cifar_root, capsy
     assert "mean shift" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_diagnose_command_writes_json_csv_and_figure(tmp_path, cifar_root, monkeypatch, capsys):
     assert _reproduce_on_constructed(tmp_path, cifar_root, "diagnose", 40, "diag") == 0
     rows = json.loads((tmp_path / "diag" / "diagnose.json").read_text())

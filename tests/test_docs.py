@@ -16,7 +16,7 @@ import torch
 
 import models
 from ifm import channel_groups
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 from ifm.experiments.tables import documents, refresh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,8 @@ NOT_RUN = [
     (r"^torchrun", "several processes"),
     (r"train_model\.py(?!.*train\.epochs=1\b)", "trains for many epochs"),
     (r"reproduce_cifar10\.py(?!.*--profile smoke)", "trains at full or reduced scale"),
+    (r"paper_evidence\.py(?!.*--profile smoke)", "trains at the paper's scale (a GPU command)"),
+    (r"reproduce\.py epochs", "reads a long training's run folder (run in test_diagnose)"),
     (r"compare_methods\.py|bench_|table2", "benchmarks and frontiers take minutes"),
     (r"mypackage|densenet|--resume", "names a user's own files or run"),
     (r"reproduce\.py controls", "reads the reproduction folders of the runs before it"),
@@ -116,6 +118,7 @@ def _why_not_run(command: str) -> str | None:
 RUNNABLE = [(d, c) for d, c in COMMANDS if _why_not_run(c) is None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc,command", RUNNABLE, ids=[f"{d}: {c[:70]}" for d, c in RUNNABLE])
 def test_every_offline_command_runs_on_smoke_data(doc, command, sandbox, monkeypatch):
     for pattern, replacement in SMOKE:
@@ -130,6 +133,7 @@ def test_every_offline_command_runs_on_smoke_data(doc, command, sandbox, monkeyp
     assert exit_info.value.code in (0, None), command
 
 
+@pytest.mark.slow
 def test_every_python_block_runs(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)
     monkeypatch.setattr("ifm.synthesis.ITERATIONS", 20)  # synthetic images smoke-sized, and the CIFAR VGG narrow:

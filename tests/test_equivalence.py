@@ -11,7 +11,7 @@ from ifm.experiments.data import load_cifar10
 from ifm.experiments.equivalence import (LinearCKA, cluster_correlation, linear_cka, measure_equivalence,
                              random_pair_correlation)
 from ifm.errors import IFMError
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 
 
 def naive_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> float:
@@ -77,6 +77,7 @@ def _data(cifar_root):
     return load_cifar10(cifar_root, "test", progress=False), load_cifar10(cifar_root, "train", progress=False)
 
 
+@pytest.mark.slow
 def test_stitching_a_model_to_itself_gives_its_own_accuracy(cifar_root):
     torch.manual_seed(0)
     model = models.create_model("VGG11", width=0.125).eval()
@@ -89,6 +90,7 @@ def test_stitching_a_model_to_itself_gives_its_own_accuracy(cifar_root):
         assert r.stitched_acc == r.reverse_stitched_acc == r.merged_acc == r.original_acc
 
 
+@pytest.mark.slow
 def test_merging_exact_duplicates_with_folded_bn_is_equivalent_everywhere(cifar_root, tmp_path):
     """Every channel duplicated once: IFM (BN folded) merges every pair, and the merged model computes the
     same function, so CKA is 1 at every layer and every stitch keeps the original accuracy."""
@@ -123,6 +125,7 @@ def test_merging_exact_duplicates_with_folded_bn_is_equivalent_everywhere(cifar_
         assert r.merged_clusters == r.features_merged and r.cluster_correlation == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_equivalence_command_end_to_end(tiny_checkpoints, cifar_root, tmp_path, capsys):
     import sys
     from pathlib import Path

@@ -5,7 +5,7 @@ import torch
 import models
 from ifm import ARCHITECTURES, channel_groups, chain_spaces, build_groups, get_architecture, permute_channels
 from ifm.errors import IFMError
-from tests.helpers import plain_cnn, randomize_bn
+from tests.helpers import marked_slow, plain_cnn, randomize_bn
 
 
 def test_vgg11_groups_match_official_layout():
@@ -21,6 +21,7 @@ def test_vgg11_groups_match_official_layout():
         == [10, 13, 16]
 
 
+@pytest.mark.slow
 def test_resnet_groups_official_order_and_sizes():
     sd18 = models.create_model("ResNet18").state_dict()
     groups = channel_groups("ResNet18", sd18)
@@ -40,6 +41,7 @@ def test_resnet_groups_official_order_and_sizes():
     assert sorted({g.width for g in g50 if g.name.endswith("relu3")}) == [1024, 2048]
 
 
+@pytest.mark.slow
 def test_torchvision_key_names_and_flattened_classifier():
     import torchvision
     sd = torchvision.models.resnet18(weights=None).state_dict()
@@ -75,7 +77,8 @@ def _small_state_dict(name):
     return model, arch
 
 
-@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if not n.startswith(("vgg13", "vgg16", "vgg19"))])
+@pytest.mark.parametrize("name", marked_slow([n for n in ARCHITECTURES if not n.startswith(("vgg13", "vgg16", "vgg19"))],
+                                             lambda name: name.startswith(("vgg11", "resnet", "ResNet50"))))
 def test_permuting_every_group_preserves_outputs(name):
     torch.manual_seed(0)
     model, arch = _small_state_dict(name)

@@ -14,7 +14,7 @@ from ifm.architectures import get_architecture
 from ifm.experiments.io import load_state_dict_file, save_state_dict
 from ifm.experiments.run import RunSpec
 from ifm.experiments.selfmerge import LoadedModel, merge_weights, resolve_budget
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 from ifm.layout import is_standard_layout
 from tests.helpers import randomize_bn
 
@@ -81,6 +81,7 @@ def _cifar(name: str, stages=None):
     return _loaded(name, _planted(name, model), model), stages
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("name,stages", [("VGG11", None), ("ResNet18", (1, 2, 3, 4))])
 def test_every_option_merges_the_same_whatever_the_layout(name, stages, layout):
@@ -96,6 +97,7 @@ def test_every_option_merges_the_same_whatever_the_layout(name, stages, layout):
         _assert_same(merge_weights(loaded, 0.5, **options), merge_weights(moved, 0.5, **options))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("allocation", ["ifm", "uniform"])
 def test_a_budget_resolves_and_merges_the_same_whatever_the_layout(allocation):
     loaded, _ = _cifar("VGG11")
@@ -121,6 +123,7 @@ TRACED = {  # torchvision models traced from their graph: depthwise convs and ga
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TRACED))
 def test_traced_torchvision_models_merge_the_same_whatever_the_layout(name):
     torch.manual_seed(0)
@@ -156,3 +159,17 @@ def test_checkpoints_are_written_and_read_in_the_standard_layout(tmp_path):
     raw = torch.load(tmp_path / "ours.pt", weights_only=True)
     assert is_standard_layout(raw) and all(torch.equal(raw[k], v) for k, v in state.items())
     assert is_standard_layout(standard_layout(channels_last(state)))
+
+
+def test_a_small_chain_merges_the_same_from_any_layout():
+    """The quick loop's guard: a tiny conv chain whose first conv (rows only, no neighbour) the old code left
+    unmerged when stored channels-last."""
+    from ifm import build_groups, chain_spaces, iterative_feature_merging
+    from tests.helpers import plain_cnn
+    torch.manual_seed(0)
+    sd = plain_cnn(widths=(6, 8, 5)).state_dict()
+    groups = build_groups(sd, chain_spaces(sd))
+    reference = iterative_feature_merging(sd, groups, beta=0.9, device="cpu")
+    assert reference.n_merges > 0
+    for layout in LAYOUTS.values():
+        _assert_same(reference, iterative_feature_merging(layout(sd), groups, beta=0.9, device="cpu"))

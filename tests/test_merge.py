@@ -10,9 +10,9 @@ import models
 from ifm import (IterativeMerger, build_groups, chain_spaces, channel_groups, iterative_feature_merging,
                  model_for_state_dict, slim_model)
 from ifm.gram import GroupGram, gram_matrix
-from ifm.experiments.synthetic import copy_channel
-from tests.helpers import plain_cnn, randomize_bn
-from tests.naive_reference import naive_distance, naive_ifm
+from ifm.experiments.planted import copy_channel
+from tests.helpers import marked_slow, plain_cnn, randomize_bn
+from ifm.naive import naive_distance, naive_ifm
 
 
 def _tv_vgg11_small():
@@ -56,8 +56,9 @@ def _naive_log(log):
     return [(it, name, min(i, j), max(i, j)) for it, name, i, j in log]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["official", "layerwise"])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", marked_slow(CASES, lambda case: case.startswith(("tv_", "ResNet50"))))
 def test_matches_naive_official_algorithm(case, order):
     arch, sd, groups = _weights_with_duplicates(case)
     for beta, max_ratio in CASES[case][3]:
@@ -150,6 +151,7 @@ def test_all_zero_and_duplicate_channels_merge_cleanly_with_row_major_ties():
     assert sorted(result.clusters[groups[0].name][-2:]) == [[1, 5], [2, 6]]
 
 
+@pytest.mark.slow
 def test_incremental_distances_equal_a_fresh_computation():
     arch, sd, groups = _weights_with_duplicates("ResNet18")
     merger = IterativeMerger(sd, groups)
@@ -160,6 +162,7 @@ def test_incremental_distances_equal_a_fresh_computation():
         torch.testing.assert_close(merger.distances(gi), fresh.distances(gi), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["official", "layerwise"])
 @pytest.mark.parametrize("pending_rank,candidates", [(256, 4), (8, 1), (40, 2)])
 def test_candidates_and_pending_products_match_full_passes(order, pending_rank, candidates, monkeypatch):
@@ -303,6 +306,7 @@ def test_distance_matrices_match_the_naive_distances():
     torch.testing.assert_close(matrices[groups[2].name], direct, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", [0.0, 1.0])
 def test_degenerate_weights_tie_everywhere_and_still_follow_the_official_order(fill):
     """All-zero or constant weights tie every pair of every group (the case that took 74 minutes on a VGG11 before
@@ -319,8 +323,9 @@ def test_degenerate_weights_tie_everywhere_and_still_follow_the_official_order(f
     assert result.widths == widths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pending_rank", [128, 8])
-@pytest.mark.parametrize("case", ["VGG11", "ResNet18", "tv_resnet18"])
+@pytest.mark.parametrize("case", marked_slow(["VGG11", "ResNet18", "tv_resnet18"], lambda case: case.startswith("tv_")))
 def test_mean_rule_matches_the_naive_algorithm(case, pending_rank, monkeypatch):
     """The dual rule (rows and 1-D parameters count-weighted, columns summed): the incremental distances stay exact
     (same merge log as recomputing every distance from the weights) and the weights equal the naive ones."""

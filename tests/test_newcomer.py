@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from ifm.experiments import figures, plots, reproduction
@@ -37,6 +38,7 @@ def test_list_groups_of_a_torchvision_resnet_names_the_stages_left_out_and_needs
     assert "--stages 1 2 3 4 merges every stage" in left
 
 
+@pytest.mark.slow
 def test_stages_1_to_4_merge_every_stage_of_a_torchvision_resnet(tmp_path, capsys):
     import torchvision
     path = tmp_path / "r18.pth"
@@ -53,6 +55,7 @@ def test_stages_1_to_4_merge_every_stage_of_a_torchvision_resnet(tmp_path, capsy
     assert {"layer1.0.relu1", "layer1.0.relu2", "layer2.0.relu1"} <= set(record["widths"])
 
 
+@pytest.mark.slow
 def test_list_groups_of_any_model_without_a_checkpoint_says_relu6(capsys):
     assert any_cnn(["--arch", "mobilenet_v2", "--list_groups"]) == 0
     out = capsys.readouterr().out
@@ -92,6 +95,7 @@ def test_the_summary_labels_its_two_accuracies_of_one_model():
 
 
 # ------------------------------------------------------------------------------ figures
+@pytest.mark.slow
 def test_fig3b_and_fig5a_titles_name_the_setting_and_original_widths_are_grey(monkeypatch, tmp_path):
     kept = _capture_figures(monkeypatch)
     record = {"beta": 0.1, "acc_before": 90.0, "acc_after": 89.0, "params_before": 1e6, "params_after": 5e5,

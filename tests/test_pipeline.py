@@ -26,6 +26,7 @@ def _vgg11(seed: int = 0):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_compress_a_module_to_a_parameter_budget_and_its_statistics():
     model = _vgg11()
     done = compress(model, Compression(target_params=40, allocation="uniform", rule="mean"), input_size=(3, 32, 32))
@@ -63,6 +64,7 @@ def test_bad_compressions_name_the_parameter():
         compress(_vgg11(), Compression(synthetic_bn=4), input_size=(3, 32, 32), calibration=[torch.rand(2, 3, 32, 32)])
 
 
+@pytest.mark.slow
 def test_the_harness_and_the_library_merge_the_same(tiny_checkpoints):
     loaded = load_model(RunSpec(arch="VGG11", model_param=str(tiny_checkpoints["VGG11"])))
     spec = RunSpec(arch="VGG11", model_param=str(tiny_checkpoints["VGG11"]), target_params=60.0, bn_mode="fold",
@@ -104,6 +106,7 @@ def test_figure_curves_keep_repaired_and_unrepaired_runs_apart():
     assert any("correction weights" in label for label in curves)
 
 
+@pytest.mark.slow
 def test_recalibrate_bn_is_in_the_saved_checkpoint(tiny_checkpoints, cifar_root, tmp_path):
     saved = tmp_path / "merged.pt"
     argv = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--threshold", "0.6",

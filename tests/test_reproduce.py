@@ -14,7 +14,7 @@ import sweep as sweep_script  # noqa: E402
 from ifm import channel_groups, iterative_feature_merging  # noqa: E402
 from ifm.experiments.figures import equivalence_permutations, largest_beta_within, random_permutations  # noqa: E402
 from ifm.experiments.io import read_jsonl  # noqa: E402
-from tests.naive_reference import naive_distance  # noqa: E402
+from ifm.naive import naive_distance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def swept(tiny_checkpoints, cifar_root, tmp_path_factory):
     return out, argv
 
 
+@pytest.mark.slow
 def test_sweep_appends_and_skips_done_betas(swept, capsys):
     out, argv = swept
     records = list(read_jsonl(out / "sweep.jsonl"))
@@ -37,6 +38,7 @@ def test_sweep_appends_and_skips_done_betas(swept, capsys):
     assert [r["beta"] for r in read_jsonl(out / "sweep.jsonl")] == [0.3, 0.6, 0.8, 0.9]
 
 
+@pytest.mark.slow
 def test_fig3a_fig3b_fig5a_from_sweep_records(swept, tmp_path, capsys):
     out, _ = swept
     results = str(out / "sweep.jsonl")
@@ -63,6 +65,7 @@ def test_largest_beta_rule():
     assert largest_beta_within(recs)["beta"] == 0.2  # 86 >= 85.5 > 85
 
 
+@pytest.mark.slow
 def test_fig2a_heatmaps_match_a_direct_computation(tiny_checkpoints, tmp_path):
     assert reproduce.main(["fig2a", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
                            "--layers", "0,7", "--out", str(tmp_path)]) == 0
@@ -83,6 +86,7 @@ def test_equivalence_permutation_rotates_clusters_and_random_moves_as_many():
     assert sorted(rand.tolist()) == list(range(10)) and (rand != torch.arange(10)).sum() == 4
 
 
+@pytest.mark.slow
 def test_fig2b_endpoints_and_files(tiny_checkpoints, cifar_root, tmp_path):
     assert reproduce.main(["fig2b", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
                            "--data_root", str(cifar_root), "--betas", "0.6", "--lambdas", "0,0.5,1",
@@ -116,6 +120,7 @@ def test_the_equivalence_permutation_moves_exactly_the_clusters_channels(tiny_ch
         assert moved[group.name] == len(clustered)
 
 
+@pytest.mark.slow
 def test_table2_small(tmp_path, capsys, tiny_checkpoints):
     assert reproduce.main(["table2", "--models", "cifar10:VGG13", "cifar10:ResNet18", "--device", "cpu",
                            "--repeats", "2", "--out", str(tmp_path)]) == 0
@@ -139,6 +144,7 @@ def test_table2_small(tmp_path, capsys, tiny_checkpoints):
     assert "0 merges: nothing to time" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_guided_backprop(tiny_checkpoints, cifar_root, tmp_path):
     assert reproduce.main(["guided", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
                            "--data_root", str(cifar_root), "--layer", "features.11", "--beta", "0.6",
@@ -221,6 +227,7 @@ def test_guided_backprop_is_guided_for_functional_relus_and_zero_outside_the_clu
     torch.testing.assert_close(guided_backprop(model, "layer3.0.bn1", [0, 3], x), guided)
 
 
+@pytest.mark.slow
 def test_guided_figure_for_a_class_writes_its_numbers(tiny_checkpoints, cifar_root, tmp_path):
     assert reproduce.main(["guided", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
                            "--data_root", str(cifar_root), "--layer", "features.11", "--beta", "0.6",
@@ -233,6 +240,7 @@ def test_guided_figure_for_a_class_writes_its_numbers(tiny_checkpoints, cifar_ro
                            "--class", "truck", "--out", str(tmp_path), "--no_progress"]) == 2
 
 
+@pytest.mark.slow
 def test_fig2a_refuses_weights_of_another_architecture(tiny_checkpoints, tmp_path, capsys):
     assert reproduce.main(["fig2a", "--arch", "VGG16", "--model_param", str(tiny_checkpoints["VGG11"]),
                            "--out", str(tmp_path)]) == 2

@@ -24,6 +24,7 @@ def settings(cifar_root, out, **changes) -> ReproductionSettings:
     return dataclasses.replace(base, **changes)
 
 
+@pytest.mark.slow
 def test_smoke_profile_end_to_end_and_a_second_call_repeats_nothing(cifar_root, tmp_path):
     out = tmp_path / "repro"
     lines: list[str] = []
@@ -51,6 +52,7 @@ def test_smoke_profile_end_to_end_and_a_second_call_repeats_nothing(cifar_root, 
     assert sum("skipped" in line for line in lines) == 2 + len(records)
 
 
+@pytest.mark.slow
 def test_smoke_profile_controls_flip_only_training_and_the_repaired_sweep(cifar_root, tmp_path):
     out = tmp_path / "flip"
     run = settings(cifar_root, out, models=("VGG11",), bn_modes=("repaired",), augment=("flip",))
@@ -72,6 +74,7 @@ def test_smoke_profile_controls_flip_only_training_and_the_repaired_sweep(cifar_
     assert len(list(read_jsonl(out / "results.jsonl"))) == 2 * len(records)
 
 
+@pytest.mark.slow
 def test_an_interrupted_training_resumes_where_it_stopped(cifar_root, tmp_path, monkeypatch):
     """Killed after its first epoch, a second call continues and ends with the weights of an uninterrupted run."""
     from ifm.experiments import train
@@ -165,6 +168,7 @@ def test_ordering_needs_strictly_fewer_parameters_with_depth():
     (["--profile", "huge"], "invalid choice"),
     (["--width", "0"], "--width must lie in (0, 4]"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line(cifar_root, tmp_path, args, message):
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce_cifar10.py"), "--data_root", str(cifar_root),
            "--out", str(tmp_path / "o"), "--profile", "smoke", "--device", "cpu", "--no_progress", *args]

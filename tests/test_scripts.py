@@ -9,6 +9,7 @@ import torch
 from ifm import model_for_state_dict
 from ifm.experiments.io import read_jsonl
 from ifm.experiments.selfmerge import cli
+from tests.helpers import marked_slow
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ["model", "dataset", "checkpoint", "beta", "max_ratio", "order", "widths", "n_merges", "params_before",
@@ -16,6 +17,7 @@ FIELDS = ["model", "dataset", "checkpoint", "beta", "max_ratio", "order", "width
           "eval_samples", "merge_seconds", "device", "torch_version", "time"]
 
 
+@pytest.mark.slow
 def test_vgg_cifar10_end_to_end(tiny_checkpoints, cifar_root, tmp_path, capsys):
     results, merged = tmp_path / "res.jsonl", tmp_path / "merged.pt"
     argv = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--data_root", str(cifar_root),
@@ -42,6 +44,7 @@ def test_vgg_cifar10_end_to_end(tiny_checkpoints, cifar_root, tmp_path, capsys):
     assert len(cache) == 2  # one per (checkpoint, eval subset)
 
 
+@pytest.mark.slow
 def test_resnet_cifar10_merges_only_stages_3_4_by_default(tiny_checkpoints, cifar_root, tmp_path):
     results = tmp_path / "res.jsonl"
     base = ["--resnet_name", "ResNet18", "--model_param", str(tiny_checkpoints["ResNet18"]), "--data_root",
@@ -60,7 +63,9 @@ def _torchvision_checkpoint(tmp_path, arch):
     return path
 
 
-@pytest.mark.parametrize("family,arch", [("resnet", "resnet18"), ("vgg", "vgg11_bn")])
+@pytest.mark.slow
+@pytest.mark.parametrize("family,arch", marked_slow([("resnet", "resnet18"), ("vgg", "vgg11_bn")],
+                                                    lambda case: case[0] == "vgg"))
 def test_imagenet_scripts(family, arch, imagenet_root, tmp_path):
     ckpt, results, merged = _torchvision_checkpoint(tmp_path, arch), tmp_path / "r.jsonl", tmp_path / "m.pt"
     argv = ["--arch", arch, "--model_param", str(ckpt), "--threshold", "0.05", "--results", str(results),
@@ -84,6 +89,7 @@ def _run_script(script, *args):
     return proc.returncode, proc.stdout, proc.stderr.strip().splitlines()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--model_param", "missing.pt"], "checkpoint not found"),
     (["--threshold", "1.5"], "beta"),
@@ -104,6 +110,7 @@ def test_bad_input_is_one_clear_line(args, message, tiny_checkpoints, tmp_path):
     assert not (tmp_path / "r.jsonl").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_unknown_imagenet_arch_and_missing_weights(tmp_path):
     code, _, err = _run_script("resnet_imagenet_self_merge.py", "--arch", "resnet99", "--no_eval")
     assert code == 2 and "unknown architecture" in err[-1]
@@ -111,6 +118,7 @@ def test_unknown_imagenet_arch_and_missing_weights(tmp_path):
     assert code == 2 and "--weights" in err[-1]
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -141,6 +149,7 @@ def test_every_command_prints_its_help(command, monkeypatch, capsys):
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,args,message", [
     ("resnet_cifar10_self_merge.py", ["--resnet_name", "ResNet18", "--stages", "5"], "ResNet stages are 1, 2, 3 and 4"),
     ("vgg_cifar10_self_merge.py", ["--batch_size", "0"], "--batch_size must be positive"),

@@ -35,6 +35,7 @@ def _sweep(ckpt, data_root, results, *extra) -> list[str]:
             str(results), "--no_progress", "--eval_samples", "8", *extra]
 
 
+@pytest.mark.slow
 def test_two_shards_fill_one_results_file(tiny_checkpoints, cifar_root, tmp_path):
     results = tmp_path / "r.jsonl"
     for k in (1, 2):
@@ -43,6 +44,7 @@ def test_two_shards_fill_one_results_file(tiny_checkpoints, cifar_root, tmp_path
     assert sorted(r["beta"] for r in read_jsonl(results)) == [0.2, 0.3, 0.4]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_replaced_at_the_same_path_is_merged_again(tiny_checkpoints, cifar_root, tmp_path, capsys):
     ckpt, results = tmp_path / "model.pt", tmp_path / "r.jsonl"
     shutil.copy(tiny_checkpoints["VGG11"], ckpt)
@@ -60,6 +62,7 @@ def test_a_checkpoint_replaced_at_the_same_path_is_merged_again(tiny_checkpoints
     assert second["checkpoint_digest"] != first["checkpoint_digest"] and second["n_merges"] > first["n_merges"]
 
 
+@pytest.mark.slow
 def test_other_data_or_seeds_are_not_taken_for_a_done_run(tiny_checkpoints, cifar_root, tmp_path, capsys):
     results = tmp_path / "r.jsonl"
     other = tmp_path / "copy"
@@ -81,6 +84,7 @@ def _append_many(path: str, writer: int, count: int) -> None:
         append_jsonl(path, {"writer": writer, "k": k, "pad": "x" * (100 + 997 * writer * (k % 3))}, sync=False)
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_several_processes_never_interleave(tmp_path):
     path = str(tmp_path / "r.jsonl")
     ctx = multiprocessing.get_context("spawn")
@@ -106,6 +110,7 @@ def test_a_record_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
     assert path.read_text().endswith('{"beta": 0.3}\n')
 
 
+@pytest.mark.slow
 def test_a_sweep_saves_one_merged_model_per_beta_and_resumes(tiny_checkpoints, cifar_root, tmp_path):
     results, merged = tmp_path / "r.jsonl", tmp_path / "m.pt"
     argv = _sweep(tiny_checkpoints["VGG11"], cifar_root, results, "--betas", "0.3", "0.6", "--save_merged", str(merged))
@@ -154,6 +159,7 @@ def _slow_sweep(spec, options, betas) -> None:
     sweep_module.sweep(spec, options, betas, log=lambda line: None)
 
 
+@pytest.mark.slow
 def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_root, tmp_path):
     from ifm.experiments.run import RunOptions, RunSpec
     from ifm.experiments.selfmerge import load_model, run_identity
@@ -179,6 +185,7 @@ def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_ro
     assert [r["beta"] for r in records] == [0.3, 0.6]
 
 
+@pytest.mark.slow
 def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_root, tmp_path):
     """The sweep's skip key is built from the RunSpec before the run; it must equal the key of the record the run
     writes, for every kind of setting (else a sweep never skips, or skips the wrong run)."""
@@ -209,6 +216,7 @@ def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_roo
         assert {k: record[k] for k in spec.record_fields()} == json.loads(json.dumps(spec.record_fields()))
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_sweep_keeps_the_records_leaves_no_claims_file_and_is_one_line(tiny_checkpoints, tmp_path,
                                                                                      monkeypatch, capsys):
     from ifm.experiments import sweep as sweeping

@@ -5,11 +5,12 @@ from torch import nn
 
 import models
 from ifm import channel_groups, iterative_feature_merging, model_for_state_dict
-from ifm.beyond import recalibrate_bn
-from ifm.experiments.calibration import recalibrated
+from ifm.architectures import get_architecture
+from ifm.batchnorm import recalibrate_bn
+from ifm.pipeline import reestimate_statistics, synthetic_batches
 from ifm.experiments.io import read_jsonl
 from ifm.experiments.selfmerge import cli
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 from ifm.synthesis import synthesize_images
 
 #: the data the models' BN statistics are measured on: per-pixel Gaussian, off-centre, channels of unequal scale
@@ -33,6 +34,7 @@ def small_cnn() -> nn.Sequential:
         nn.Linear(6, 3)), size=16)
 
 
+@pytest.mark.slow
 def test_synthetic_images_reproduce_every_stored_bn_statistic():
     model = small_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -77,6 +79,7 @@ def _vgg_with_duplicates() -> tuple[dict, list]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, groups
 
 
+@pytest.mark.slow
 def test_synthetic_recalibration_repairs_the_official_merge_of_duplicates():
     """The official merge sums the duplicates' variances where the merged channel has 4× one: the output
     changes. Statistics re-estimated on images synthesised from the original network give the function back."""
@@ -85,7 +88,7 @@ def test_synthetic_recalibration_repairs_the_official_merge_of_duplicates():
     assert official.n_merges == 5
     original = model_for_state_dict("VGG11", sd).eval()
     images = synthesize_images(original, (3, 32, 32), n=16, seed=0, iterations=300, lr=0.25).images
-    repaired = recalibrated("VGG11", official.state_dict, images, torch.device("cpu"))
+    repaired = reestimate_statistics(get_architecture("VGG11"), official.state_dict, synthetic_batches(images))
     assert set(repaired) == set(official.state_dict)
     x = data(64, seed=7)
     with torch.no_grad():
@@ -94,12 +97,13 @@ def test_synthetic_recalibration_repairs_the_official_merge_of_duplicates():
         error_repaired = (model_for_state_dict("VGG11", repaired).eval()(x) - reference).norm()
         # on noise the merged network is no better: it is the images that carry the statistics
         noise = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-        on_noise = recalibrated("VGG11", official.state_dict, noise, torch.device("cpu"))
+        on_noise = reestimate_statistics(get_architecture("VGG11"), official.state_dict, synthetic_batches(noise))
         error_noise = (model_for_state_dict("VGG11", on_noise).eval()(x) - reference).norm()
     assert error_repaired < 0.05 * reference.norm()
     assert error_official > 3 * error_repaired and error_noise > 3 * error_repaired
 
 
+@pytest.mark.slow
 def test_cli_synthetic_bn_records_caches_and_saves(tiny_checkpoints, cifar_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("ifm.synthesis.ITERATIONS", 20)
     results, merged = tmp_path / "r.jsonl", tmp_path / "m.pt"

@@ -13,8 +13,9 @@ from ifm import (IFMError, build_groups, chain_spaces, channel_groups, iterative
                  slim_model)
 from ifm.architectures import ARCHITECTURES, get_architecture
 from ifm.discovery import check_groups
-from ifm.experiments.synthetic import copy_channel
+from ifm.experiments.planted import copy_channel
 from ifm.trace import trace_spaces, traced_layer_spaces
+from tests.helpers import marked_slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,7 @@ def _state_dict(name):
     return (models.create_model(name, width=0.125) if arch.dataset == "cifar10" else arch.build(10)).state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ARCHITECTURES if not n.startswith(("vgg13", "vgg16", "vgg19"))])
 def test_traced_groups_equal_the_hand_descriptions(name):
     """Members, their order and the group names: so every default result stays identical."""
@@ -89,7 +91,8 @@ TORCHVISION = {  # model -> (input size, words of a frozen reason it must give, 
 }
 
 
-@pytest.mark.parametrize("name", list(TORCHVISION))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", marked_slow(TORCHVISION, lambda name: name.startswith(("wide", "convnext", "resnext"))))
 def test_torchvision_cnns_trace_and_their_groups_keep_the_function(name):
     size, words, at_least = TORCHVISION[name]
     torch.manual_seed(0)
@@ -103,6 +106,7 @@ def test_torchvision_cnns_trace_and_their_groups_keep_the_function(name):
     assert check_groups(arch, sd, groups) < 1e-9  # a random permutation of every group keeps the output
 
 
+@pytest.mark.slow
 def test_a_wrong_group_is_caught_by_the_permutation_check():
     arch = get_architecture("resnet18", (3, 32, 32))
     sd = arch.build(10).state_dict()
@@ -171,8 +175,6 @@ def test_the_any_cnn_script_lists_groups_and_merges_a_model_of_yours(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown architecture 'no_such_model'")
 
 
-SLOW_MODELS = ("resnext50_32x4d", "densenet121", "googlenet", "timm/resnet50d", "convnext_tiny",
-               "timm/mobilenetv3_large_100", "regnet_y_400mf", "efficientnet_b0", "mnasnet0_5")  # (the quick loop keeps two)
 DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rules tested), BN folded
     "mobilenet_v2": ("mean", ("mean",)),
     "mobilenet_v3_small": ("mean", ("mean", "official")),  # official: its ReLU blocks (depthwise, gate) merge
@@ -186,14 +188,14 @@ DUPLICATES = {  # torchvision model -> (the rule "auto" picks, the rules tested)
 }
 
 
-@pytest.mark.parametrize("name,rule", [pytest.param(n, r, marks=pytest.mark.slow) if n in SLOW_MODELS else (n, r)
-                                       for n, (_, rules) in DUPLICATES.items() for r in rules])
+@pytest.mark.slow
+@pytest.mark.parametrize("name,rule", [(n, r) for n, (_, rules) in DUPLICATES.items() for r in rules])
 def test_injected_exact_duplicates_merge_and_the_function_stays(name, rule, tmp_path):
     """In every traced group a channel is made an exact copy of another (consumer columns split, so the function is
     that of the copied model); with BN folded (producers and eps from the graph), at a tiny β exactly those pairs
     merge under ``rule``, and the slim merged model computes the same function."""
     from ifm.architectures import model_for_state_dict
-    from ifm.beyond import without_bn_statistics
+    from ifm.batchnorm import without_bn_statistics
     from ifm.experiments.run import RunSpec
     from ifm.experiments.selfmerge import load_model, merge_weights
     if name.startswith("timm/"):
@@ -287,7 +289,7 @@ def test_averaged_members_keep_the_distances_exact(rule, pending_rank, monkeypat
     """Merging near-duplicates of a depthwise + gate block: the incremental distances (with the gate's rows averaged
     in a neighbour's count-weighted part) give the naive algorithm's merge log and weights."""
     from ifm.gram import GroupGram
-    from tests.naive_reference import naive_ifm
+    from ifm.naive import naive_ifm
     monkeypatch.setattr(GroupGram, "pending_rank", pending_rank)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)

@@ -38,6 +38,7 @@ def test_configs_share_one_base_and_a_file_overrides_it(tmp_path):
         load_config(tmp_path / "a.yml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
 def test_one_epoch_on_tiny_data(cfg, cifar_root, tmp_path):
     config = load_config(cfg, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
@@ -48,6 +49,7 @@ def test_one_epoch_on_tiny_data(cfg, cifar_root, tmp_path):
     assert len(list(read_jsonl(run_dir / "metrics.jsonl"))) == 1
 
 
+@pytest.mark.slow
 def test_resume_repeats_an_uninterrupted_run_exactly(cifar_root, tmp_path):
     common = ["train.epochs=3", "train.batch_size=16", "model.width=0.125", "data.test_samples=20",
               "train.device=cpu", "train.milestones=[1]", f"data.root={cifar_root}"]
@@ -66,6 +68,7 @@ def test_resume_repeats_an_uninterrupted_run_exactly(cifar_root, tmp_path):
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_and_resume_needs_a_run(cifar_root, tmp_path, capsys):
     argv = ["--cfg", str(VGG11_CFG), "--prefix", "p", "--data_root", str(cifar_root), "--no_progress",
             "--set", *TINY, f"output_dir={tmp_path}"]
@@ -106,6 +109,7 @@ def test_augment_crop_and_flip():
     assert ((cropped == 0) | torch.isin(cropped, images)).all()
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_runs_through_the_self_merge_script(cifar_root, tmp_path):
     config = load_config(VGG11_CFG, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}"])
     run_dir, _ = train_from_config(config, "vgg11_training", "quick", progress=False)
@@ -118,6 +122,7 @@ def test_trained_checkpoint_runs_through_the_self_merge_script(cifar_root, tmp_p
                                           if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
 
 
+@pytest.mark.slow
 def test_models_trained_together_equal_models_trained_alone(cifar_root, tmp_path):
     """train_together interleaves the steps of several models; each must end as if trained alone."""
     from ifm.experiments.data import load_cifar10
@@ -140,6 +145,7 @@ def test_models_trained_together_equal_models_trained_alone(cifar_root, tmp_path
         assert len(trainer.history) == 2
 
 
+@pytest.mark.slow
 def test_distributed_training_on_two_processes(cifar_root, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks end with identical weights, rank 0 writes the run,
     and the loss curve follows a single-process run of the same global batch."""
@@ -166,6 +172,7 @@ def test_distributed_training_on_two_processes(cifar_root, tmp_path):
     assert distributed == pytest.approx(alone, rel=0.1)
 
 
+@pytest.mark.slow
 def test_bench_train_prints_rates_per_mode(capsys, monkeypatch):
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -180,6 +187,7 @@ def test_bench_train_prints_rates_per_mode(capsys, monkeypatch):
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_the_cpu_and_is_recorded(cifar_root, tmp_path):
     config = load_config(VGG11_CFG, TINY + [f"data.root={cifar_root}", f"output_dir={tmp_path}", "train.amp=true",
                                             "train.channels_last=true", "train.cuda_graph=true"])
@@ -211,6 +219,7 @@ def test_bad_device_names_fail_clearly(name, message):
         pick_device(name)
 
 
+@pytest.mark.slow
 def test_resume_uses_the_runs_own_config(cifar_root, tmp_path, capsys):
     """--resume without repeating the start's --set overrides continues the same run; only safe keys change."""
     start = ["--cfg", str(VGG11_CFG), "--prefix", "r", "--data_root", str(cifar_root), "--no_progress", "--set",
@@ -242,6 +251,7 @@ def test_thread_count_follows_omp_num_threads(monkeypatch, value, expected):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_training_imports_do_not_load_the_merge_kernels():
     import subprocess
     import sys

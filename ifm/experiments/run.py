@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..beyond import BN_MODES, PRUNINGS
+from ..batchnorm import BN_MODES
 from ..budget import ALLOCATIONS
 from ..correction import ESTIMATORS
 from ..merge import DTYPES, ORDERS
 from ..pipeline import CLUSTERINGS, RULE_CHOICES, Compression
+from ..pruning import PRUNINGS
 
 DEFAULT_RESULTS = "results/self_merge.jsonl"
 METHODS: tuple[str, ...] = CLUSTERINGS + PRUNINGS  # "ifm" (the method), then the baselines

@@ -14,7 +14,6 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .. import beyond
 from . import data as datasets
 from .data import CIFAR10_MEAN, CIFAR10_STD
 from ..architectures import ARCHITECTURES, Architecture, get_architecture, model_for_state_dict, num_classes_of
@@ -24,9 +23,9 @@ from ..errors import IFMError
 from .evaluate import EvalResult, evaluate, tensor_batches
 from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
 from ..device import pick_device
-from .calibration import synthetic_calibration, synthetic_images_path
+from .image_cache import synthetic_calibration, synthetic_images_path
 from .. import pipeline
-from ..beyond import PRUNINGS
+from ..pruning import PRUNINGS, prune_to_widths
 from ..budget import Budget
 from ..merge import DTYPES, ORDERS, MergeResult
 from ..pipeline import Compression, compress, reestimate_statistics, resolve_rule, synthetic_batches
@@ -251,7 +250,7 @@ def baseline_state_dicts(loaded: LoadedModel, spec: RunSpec, widths: dict) -> li
     """Pruning baselines (``spec.method`` l1 or random) at IFM's widths; random: one per seed."""
     groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
     seeds = range(spec.seeds) if spec.method == "random" else [0]
-    return [beyond.prune_to_widths(loaded.state_dict, groups, widths, spec.method, seed) for seed in seeds]
+    return [prune_to_widths(loaded.state_dict, groups, widths, spec.method, seed) for seed in seeds]
 
 
 def validate(spec: RunSpec, options: RunOptions) -> None:

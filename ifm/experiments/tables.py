@@ -25,10 +25,16 @@ def _rows(path: Path) -> list[dict]:
 
 def paper_scale(measured: Path) -> str:
     """The paper-scale run (four VGGs): trained accuracy, then accuracy (params kept %) at β 0.01 / 0.03 / 0.05
-    with the official BN merge and with BN folded."""
+    with the official BN merge and with BN folded; "withdrawn" while the merges are the wrong ones (a
+    ``results_WRONG_*.csv``: checkpoints merged by code that lost channels-last first-layer merges)."""
     folder = measured / "paper_scale_h200_bf16_s0"
-    points = _rows(folder / "results.csv")
     trained = {r["model"]: r["final_test_acc"] for r in _rows(folder / "training.csv")}
+    if not (folder / "results.csv").is_file() and list(folder.glob("results_WRONG_*.csv")):
+        lines = ["| model | trained (paper) | merged |", "|---|---|---|"]
+        lines += [f"| {model} | {float(acc):.2f}{' (93.51)' if model == 'VGG16' else ''} | withdrawn (merged by the "
+                  "channels-last bug; checkpoints lost) |" for model, acc in trained.items()]
+        return "\n".join(lines)
+    points = _rows(folder / "results.csv")
     betas = sorted({float(r["beta"]) for r in points})
     lines = ["| model | trained (paper) | BN official: " + " / ".join(f"β {b:g}" for b in betas)
              + " | BN folded: " + " / ".join(f"β {b:g}" for b in betas) + " |", "|---|---|---|---|"]

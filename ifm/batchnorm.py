@@ -1,13 +1,10 @@
-"""Beyond the paper: BN-aware merging, BN recalibration, and channel-pruning baselines.
+"""BatchNorm around a merge (beyond the paper; none of it runs by default).
 
-None of this runs by default; the official semantics stay untouched.
-
-* ``fold``: every BatchNorm is folded into the layer before it (scale into its weight rows, shift
-  into the BN bias) and left as the identity plus that bias. Merging then sums the folded rows and
-  biases and never sums BN statistics, so merging exact duplicates preserves the function.
-* ``recalibrate_bn``: re-estimate BN running statistics on training images after merging.
-* ``prune_to_widths``: keep, in every group, the channels with the largest L1 norm (magnitude
-  pruning) or random ones, at the widths IFM found.
+* ``fold``: every BatchNorm is folded into the layer before it (scale into its weight rows, shift into the BN
+  bias) and left as the identity plus that bias. Merging then sums the folded rows and biases and never sums BN
+  statistics, so merging exact duplicates preserves the function (``bn_mode="fold"``).
+* :func:`recalibrate_bn`: re-estimate BN running statistics on batches after merging (real or synthesised
+  images, :func:`ifm.pipeline.reestimate_statistics`).
 """
 from __future__ import annotations
 
@@ -16,14 +13,11 @@ from typing import Iterable, Literal, Mapping, Sequence, get_args
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, base_key, channel_slices, split_segments
-from .permute import select_channels
+from .groups import ChannelGroup, base_key
 
 Tensor = torch.Tensor
 BnMode = Literal["official", "fold"]  # BN statistics summed by the merge (the official code), or BN folded first
 BN_MODES: tuple[str, ...] = get_args(BnMode)
-Pruning = Literal["l1", "random"]  # channel pruning baselines at given widths
-PRUNINGS: tuple[str, ...] = get_args(Pruning)
 BN_STATS = ("weight", "running_mean", "running_var")
 
 
@@ -143,31 +137,3 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -
         model(x)
     model.eval()
     return model
-
-
-def channel_scores(state_dict: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
-    """L1 norm of every channel's producing weights (all axis-0 weights of the group)."""
-    score = torch.zeros(group.width, dtype=torch.float64)
-    views = split_segments(state_dict, [group])
-    for key, axis, _ in group.members:
-        w = views[key]
-        if axis == 0 and w.ndim >= 2:
-            score += channel_slices(w, 0, group.width).abs().sum(dim=1).double()
-    return score
-
-
-def prune_to_widths(state_dict: Mapping[str, Tensor], groups: Sequence[ChannelGroup], widths: Mapping[str, int],
-                    method: str = "l1", seed: int = 0) -> dict[str, Tensor]:
-    """Keep ``widths[group]`` channels of each group: the largest L1 norms (``l1``) or random ones."""
-    if method not in PRUNINGS:
-        raise ValueError(f"method must be one of {PRUNINGS}, got {method!r}")
-    gen = torch.Generator().manual_seed(seed)
-    keep = {}
-    for group in groups:
-        k = widths[group.name]
-        if method == "l1":
-            chosen = channel_scores(state_dict, group).topk(k).indices
-        else:
-            chosen = torch.randperm(group.width, generator=gen)[:k]
-        keep[group.name] = chosen.sort().values
-    return select_channels(state_dict, groups, keep)

@@ -1,6 +1,6 @@
-"""``--synthetic_bn N``: re-estimate a merged network's BN statistics on images synthesised from the original
-network's own BN statistics (:mod:`ifm.synthesis`), data-free. The images are made once per checkpoint and
-count, and kept beside the results (``synthetic_images/``) so that sweeps and frontiers reuse them."""
+"""The cache of ``--synthetic_bn N``'s images: the images synthesised from a checkpoint's BN statistics
+(:mod:`ifm.synthesis`) are made once per checkpoint and count, and kept beside the results
+(``synthetic_images/``), so that sweeps and frontiers reuse them."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -9,10 +9,8 @@ from typing import Sequence
 
 import torch
 
-from .. import beyond
-from ..architectures import Architecture, model_for_state_dict
 from .. import synthesis
-from ..synthesis import CHUNK, SyntheticImages, synthesize_images
+from ..synthesis import SyntheticImages, synthesize_images
 from .io import atomic_write
 
 Tensor = torch.Tensor
@@ -50,14 +48,3 @@ def synthetic_calibration(model: torch.nn.Module, input_size: Sequence[int], dig
     made.images = made.images.cpu()
     atomic_write(path, lambda tmp: torch.save(asdict(made), tmp))
     return made, False
-
-
-def recalibrated(arch: str | Architecture, state_dict: dict[str, Tensor], images: Tensor, device: torch.device,
-                 batch_size: int = CHUNK) -> dict[str, Tensor]:
-    """``state_dict`` with every BN's running statistics re-estimated on ``images`` (their batch statistics
-    averaged over chunks of ``batch_size``, the chunks they were synthesised in)."""
-    model = model_for_state_dict(arch, state_dict).to(device)
-    chunks = [(images[k:k + batch_size].to(device), None) for k in range(0, len(images), batch_size)]
-    beyond.recalibrate_bn(model, chunks)
-    found = model.state_dict()
-    return {k: found[k].detach().cpu() for k in state_dict}

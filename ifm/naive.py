@@ -1,10 +1,11 @@
-"""The official IFM algorithm written plainly (float64), as an independent reference.
+"""The official IFM algorithm written plainly (float64), as an independent reference for the tests and the
+benchmark (``scripts/bench_merge.py``): read it to see the whole method in one page.
 
 It follows the official code's behaviour literally (one merge per group per outer iteration, groups in
 their given order, a group stopping for that iteration when its closest pair is farther than beta times
 its farthest): every visit recomputes the group's full distance matrix from the current weights; the
 merged channel is moved to the end; rows are summed and columns take the count-weighted mean.
-Deliberately shares no code with ``ifm``.
+Deliberately shares no code with the rest of ``ifm``.
 """
 from __future__ import annotations
 
