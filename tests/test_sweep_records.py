@@ -238,3 +238,13 @@ def test_ctrl_c_in_a_sweep_keeps_the_records_leaves_no_claims_file_and_is_one_li
                                            log=lambda line: None), lambda: "1 record kept; run again to resume")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and err == ["interrupted; 1 record kept; run again to resume"]
+
+
+def test_a_null_field_of_an_older_record_counts_as_its_default():
+    from ifm.experiments.run import RunSpec
+    from ifm.experiments.sweep import run_key
+    new = {"model": "VGG11", "checkpoint": "c", "checkpoint_digest": "d", "eval_samples": 10,
+           **RunSpec(arch="VGG11").record_fields()}
+    assert run_key({**new, "synthetic_bn": None}) == run_key(new) == run_key({k: v for k, v in new.items()
+                                                                             if k != "synthetic_bn"})
+    assert run_key({**new, "synthetic_bn": 64}) != run_key(new)

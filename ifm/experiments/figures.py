@@ -80,14 +80,15 @@ def curves_by_setting(records: Sequence[dict], spec_type: type | None = None) ->
     """Evaluated records grouped into curves by every setting that changes a result, sorted by β (the last
     record of a β wins). Labels name the model and its width, then what tells curves apart: the checkpoint
     (when a model has several), the method, BN mode, recalibration, order, evaluated images..."""
-    from .run import RunSpec, record_defaults
+    from .run import RunSpec
+    from .sweep import record_value
     fields = curve_fields(spec_type)
-    defaults = record_defaults(spec_type or RunSpec)
     groups: dict[tuple, dict[float, dict]] = {}
     for r in records:
         if r.get("acc_after") is None:
             continue
-        key = tuple(str(r.get(f, r.get("checkpoint")) if f == "checkpoint_digest" else r.get(f, defaults.get(f)))
+        key = tuple(str(r.get(f, r.get("checkpoint")) if f == "checkpoint_digest" else record_value(r, f, spec_type
+                                                                                                     or RunSpec))
                     for f in fields)
         groups.setdefault(key, {})[r["beta"]] = r
     varying = {f for i, f in enumerate(fields) if len({k[i] for k in groups}) > 1}

@@ -36,12 +36,18 @@ SAME_RUN_FIELDS = same_run_fields()
 
 
 def run_key(record: dict, spec_type: type = RunSpec) -> tuple:
-    """What identifies a run besides β (a field absent from an older record had its default). A run with a
+    """What identifies a run besides β (a field absent or null in an older record had its default). A run with a
     parameter budget is identified by the budget: its β and max_ratio are what the budget chose."""
     budget = record.get("target_params") is not None
-    defaults = record_defaults(spec_type)
-    return tuple("None" if budget and f in ("max_ratio", "max_merges") else str(record.get(f, defaults.get(f)))
+    return tuple("None" if budget and f in ("max_ratio", "max_merges") else str(record_value(record, f, spec_type))
                  for f in same_run_fields(spec_type))
+
+
+def record_value(record: dict, field: str, spec_type: type = RunSpec):
+    """A record's value of an identity field; absent or null (records written before the field existed, or with
+    it unset) is the field's default."""
+    value = record.get(field)
+    return record_defaults(spec_type).get(field) if value is None else value
 
 
 def matching_records(results: str, key: tuple) -> dict[float, dict]:
