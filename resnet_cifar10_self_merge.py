@@ -4,7 +4,7 @@ Example: python resnet_cifar10_self_merge.py --help
 """
 import sys
 
-from ifm.experiments.selfmerge import cli
+from ifm.experiments.arguments import cli
 
 if __name__ == "__main__":
     sys.exit(cli("cifar10", "resnet"))

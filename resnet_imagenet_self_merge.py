@@ -4,7 +4,7 @@ Example: python resnet_imagenet_self_merge.py --help
 """
 import sys
 
-from ifm.experiments.selfmerge import cli
+from ifm.experiments.arguments import cli
 
 if __name__ == "__main__":
     sys.exit(cli("imagenet", "resnet"))

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from ifm.experiments.run import RunSpec  # noqa: E402
-from ifm.experiments.selfmerge import load_model, merge_weights  # noqa: E402
+from ifm.experiments.loading import load_model  # noqa: E402
+from ifm.experiments.selfmerge import merge_weights  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.discovery import channel_groups  # noqa: E402
 from ifm.experiments.run import RunSpec  # noqa: E402
-from ifm.experiments.selfmerge import load_model  # noqa: E402
+from ifm.experiments.loading import load_model  # noqa: E402
 from ifm.kmeans import kept_width, kmeans_clusters, weight_vectors, within_cluster_sum_of_squares  # noqa: E402
 
 

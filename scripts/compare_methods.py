@@ -19,7 +19,7 @@ from ifm.experiments.compare import PAPER_BUDGETS, check_frontier, format_fronti
 from ifm.errors import IFMError  # noqa: E402
 from ifm.experiments.io import atomic_write, writable_location  # noqa: E402
 from ifm.experiments.run import from_args  # noqa: E402
-from ifm.experiments.selfmerge import merge_argument_parser  # noqa: E402
+from ifm.experiments.arguments import merge_argument_parser  # noqa: E402
 
 
 def main(argv=None) -> int:

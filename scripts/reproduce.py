@@ -33,7 +33,9 @@ from ifm.merge import iterative_feature_merging  # noqa: E402
 from ifm.experiments.evaluate import training_image_batches  # noqa: E402
 from ifm.experiments.plots import plot_accuracy_vs_params  # noqa: E402
 from ifm.experiments.run import RunOptions, RunSpec  # noqa: E402
-from ifm.experiments.selfmerge import Evaluator, load_model, pick_device  # noqa: E402
+from ifm.experiments.evaluate import Evaluator  # noqa: E402
+from ifm.experiments.loading import load_model  # noqa: E402
+from ifm.device import pick_device  # noqa: E402
 from ifm.experiments.planted import near_duplicate_state_dict  # noqa: E402
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.experiments.run import RunSpec  # noqa: E402
-from ifm.experiments.selfmerge import load_model, merge_weights  # noqa: E402
+from ifm.experiments.loading import load_model  # noqa: E402
+from ifm.experiments.selfmerge import merge_weights  # noqa: E402
 
 CASES = {  # name -> merge_weights options
     "beta 0.2": dict(beta=0.2),

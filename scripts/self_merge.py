@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ifm.experiments.selfmerge import main  # noqa: E402
+from ifm.experiments.arguments import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

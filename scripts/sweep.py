@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.experiments.cli import cli_main  # noqa: E402
 from ifm.experiments.run import from_args  # noqa: E402
-from ifm.experiments.selfmerge import merge_argument_parser  # noqa: E402
+from ifm.experiments.arguments import merge_argument_parser  # noqa: E402
 from ifm.experiments.sweep import format_sweep_table, parse_betas, shard_of, sweep  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from ifm import channel_groups, iterative_feature_merging, model_for_state_dict
 from ifm.batchnorm import (fold_batchnorm, recalibrate_bn, reset_identity_bn, without_bn_statistics)
 from ifm.pruning import channel_scores, prune_to_widths
 from ifm.experiments.io import read_jsonl
-from ifm.experiments.selfmerge import cli
+from ifm.experiments.arguments import cli
 from ifm.experiments.planted import copy_channel
 from tests.helpers import randomize_bn
 

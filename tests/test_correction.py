@@ -18,7 +18,9 @@ from ifm.kmeans import (_hartigan, _lloyd, kept_width, kmeans_clusters, kmeans_p
                         within_cluster_sum_of_squares)
 from ifm.merge import IterativeMerger
 from ifm.experiments.run import RunOptions, RunSpec
-from ifm.experiments.selfmerge import cli, load_model, merge_weights, run_self_merge
+from ifm.experiments.arguments import cli
+from ifm.experiments.loading import load_model
+from ifm.experiments.selfmerge import merge_weights, run_self_merge
 from ifm.pipeline import parameter_keys
 from ifm.experiments.planted import copy_channel
 from ifm.trace import trace_spaces

@@ -95,7 +95,8 @@ def test_merging_exact_duplicates_with_folded_bn_is_equivalent_everywhere(cifar_
     """Every channel duplicated once: IFM (BN folded) merges every pair, and the merged model computes the
     same function, so CKA is 1 at every layer and every stitch keeps the original accuracy."""
     from ifm.architectures import get_architecture, model_for_state_dict
-    from ifm.experiments.selfmerge import LoadedModel, merge_weights
+    from ifm.experiments.loading import LoadedModel
+    from ifm.experiments.selfmerge import merge_weights
     torch.manual_seed(0)
     sd = models.create_model("VGG11", width=0.125).state_dict()
     gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ from ifm import channel_groups, model_for_state_dict, standard_layout
 from ifm.architectures import get_architecture
 from ifm.experiments.io import load_state_dict_file, save_state_dict
 from ifm.experiments.run import RunSpec
-from ifm.experiments.selfmerge import LoadedModel, merge_weights, resolve_budget
+from ifm.experiments.loading import LoadedModel
+from ifm.experiments.selfmerge import merge_weights, resolve_budget
 from ifm.experiments.planted import copy_channel
 from ifm.layout import is_standard_layout
 from tests.helpers import randomize_bn

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ifm.experiments import figures, plots, reproduction
-from ifm.experiments.selfmerge import main as any_cnn
+from ifm.experiments.arguments import main as any_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 

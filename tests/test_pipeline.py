@@ -11,7 +11,9 @@ import models
 from ifm import Compression, compress
 from ifm.experiments.figures import curves_by_setting
 from ifm.experiments.run import RunSpec, from_args, option, record_defaults
-from ifm.experiments.selfmerge import cli, load_model, merge_argument_parser, merge_weights
+from ifm.experiments.arguments import cli, merge_argument_parser
+from ifm.experiments.loading import load_model
+from ifm.experiments.selfmerge import merge_weights
 from ifm.experiments.sweep import run_key
 from ifm.pipeline import merge_state_dict, reestimate_statistics, resolve_budget
 

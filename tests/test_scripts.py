@@ -8,7 +8,7 @@ import torch
 
 from ifm import model_for_state_dict
 from ifm.experiments.io import read_jsonl
-from ifm.experiments.selfmerge import cli
+from ifm.experiments.arguments import cli
 from tests.helpers import marked_slow
 
 ROOT = Path(__file__).resolve().parents[1]

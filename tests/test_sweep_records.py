@@ -162,7 +162,8 @@ def _slow_sweep(spec, options, betas) -> None:
 @pytest.mark.slow
 def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_root, tmp_path):
     from ifm.experiments.run import RunOptions, RunSpec
-    from ifm.experiments.selfmerge import load_model, run_identity
+    from ifm.experiments.loading import load_model
+    from ifm.experiments.selfmerge import run_identity
     from ifm.experiments.sweep import run_claim, run_key, sweep
     spec = RunSpec(arch="VGG11", model_param=str(tiny_checkpoints["VGG11"]), data_root=str(cifar_root), eval_samples=8)
     options = RunOptions(results=str(tmp_path / "r.jsonl"), progress=False, workers=0)
@@ -190,7 +191,10 @@ def test_the_run_description_is_the_records_identity(tiny_checkpoints, cifar_roo
     """The sweep's skip key is built from the RunSpec before the run; it must equal the key of the record the run
     writes, for every kind of setting (else a sweep never skips, or skips the wrong run)."""
     from ifm.experiments.run import RunOptions, RunSpec, from_args
-    from ifm.experiments.selfmerge import Evaluator, load_model, merge_argument_parser, run_identity, run_self_merge
+    from ifm.experiments.evaluate import Evaluator
+    from ifm.experiments.loading import load_model
+    from ifm.experiments.arguments import merge_argument_parser
+    from ifm.experiments.selfmerge import run_identity, run_self_merge
     from ifm.experiments.sweep import SAME_RUN_FIELDS, run_key
     args = merge_argument_parser("cifar10", "resnet").parse_args(
         ["--resnet_name", "ResNet18", "--model_param", str(tiny_checkpoints["ResNet18"]), "--threshold", "0.4",

@@ -9,7 +9,7 @@ from ifm.architectures import get_architecture
 from ifm.batchnorm import recalibrate_bn
 from ifm.pipeline import reestimate_statistics, synthetic_batches
 from ifm.experiments.io import read_jsonl
-from ifm.experiments.selfmerge import cli
+from ifm.experiments.arguments import cli
 from ifm.experiments.planted import copy_channel
 from ifm.synthesis import synthesize_images
 

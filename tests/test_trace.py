@@ -197,7 +197,8 @@ def test_injected_exact_duplicates_merge_and_the_function_stays(name, rule, tmp_
     from ifm.architectures import model_for_state_dict
     from ifm.batchnorm import without_bn_statistics
     from ifm.experiments.run import RunSpec
-    from ifm.experiments.selfmerge import load_model, merge_weights
+    from ifm.experiments.loading import load_model
+    from ifm.experiments.selfmerge import merge_weights
     if name.startswith("timm/"):
         pytest.importorskip("timm")
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import train_model
 from ifm.experiments.config import load_config
 from ifm.errors import IFMError
 from ifm.experiments.io import read_jsonl
-from ifm.experiments.selfmerge import cli
+from ifm.experiments.arguments import cli
 from ifm.experiments.train import augment, train_from_config
 
 CFGS = sorted(Path(__file__).resolve().parents[1].glob("cfg/*_training.yml"))

@@ -23,7 +23,10 @@ from typing import Callable, Sequence
 from .io import read_jsonl, write_csv
 from .plots import plot_frontier
 from .run import RunOptions, RunSpec
-from .selfmerge import Evaluator, load_model, pick_device, run_identity, run_self_merge, validate
+from .evaluate import Evaluator
+from .loading import load_model
+from ..device import pick_device
+from .selfmerge import run_identity, run_self_merge, validate
 from .sweep import run_key
 
 PAPER_BUDGETS: tuple[float, ...] = (75.0, 56.0, 42.0, 25.0, 12.0, 6.3)

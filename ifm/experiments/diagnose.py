@@ -134,7 +134,7 @@ def diagnose_checkpoint(arch: str, checkpoint: str | Path, data_root: str | None
     from ..errors import IFMError
     from .evaluate import training_image_batches
     from .run import RunSpec
-    from .selfmerge import load_model
+    from .loading import load_model
     loaded = load_model(RunSpec(arch=arch, model_param=str(checkpoint)))
     stages = stages or ((1, 2, 3, 4) if loaded.arch.is_resnet else None)
     groups = channel_groups(loaded.arch, loaded.state_dict, stages)

@@ -1,14 +1,23 @@
-"""Evaluation: accuracy and loss with a progress bar, on tensors or a Dataset."""
+"""Evaluation: accuracy and loss with a progress bar, on tensors or a Dataset; a run's test split
+(:class:`Evaluator`, loaded once, with the original model's accuracy cached beside the results)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import data as datasets
+from ..errors import IFMError
 from .data import TensorImages
+from .io import append_jsonl, read_jsonl
+
+if TYPE_CHECKING:  # (training imports this module without the merge's compiled kernels)
+    from .loading import LoadedModel
+    from .run import RunOptions, RunSpec
 
 
 @dataclass
@@ -74,3 +83,67 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     if seen == 0:
         raise ValueError("evaluation set is empty")
     return EvalResult(100.0 * correct / seen, loss_sum / seen, seen)
+
+
+def _check_eval_samples(spec: RunSpec, available: int) -> None:
+    if spec.eval_samples is not None and spec.eval_samples > available:
+        raise IFMError(f"--eval_samples {spec.eval_samples} exceeds the {available:,} test images under "
+                       f"{spec.data_root}: give at most {available}, or leave it out to use them all")
+
+
+class Evaluator:
+    """Evaluates models on the (possibly subsampled) test split, loading the data once."""
+
+    def __init__(self, loaded: LoadedModel, spec: RunSpec, options: RunOptions, device: torch.device):
+        if not spec.evaluates:
+            raise ValueError("this run merges only (no data root)")
+        self.device, self.spec, self.options, self.loaded = device, spec, options, loaded
+        if loaded.arch.dataset == "cifar10":
+            full = datasets.load_cifar10(spec.data_root, "test", download=spec.download, progress=options.progress)
+            _check_eval_samples(spec, len(full))
+            self.data = full.subset(datasets.spread_indices(len(full), spec.eval_samples))
+        else:
+            full = datasets.imagenet_val(spec.data_root)
+            _check_eval_samples(spec, len(full))
+            from torch.utils.data import Subset
+            self.data = Subset(full, datasets.spread_indices(len(full), spec.eval_samples).tolist())
+        from ..architectures import num_classes_of
+        outputs = num_classes_of(loaded.state_dict)
+        if len(full.classes) != outputs:
+            raise IFMError(f"{spec.data_root} has {len(full.classes)} classes but the checkpoint's classifier has "
+                           f"{outputs} outputs: labels would not match; check --data_root")
+        self.total = len(self.data)
+
+    def batches(self) -> Iterable:
+        if isinstance(self.data, datasets.TensorImages):
+            mean, std = self.loaded.normalize or (None, None)
+            return tensor_batches(self.data, self.options.batch_size, self.device, mean, std)
+        from torch.utils.data import DataLoader
+        return DataLoader(self.data, batch_size=self.options.batch_size, num_workers=self.options.workers)
+
+    def __call__(self, model: nn.Module, desc: str) -> EvalResult:
+        return evaluate(model.to(self.device), self.batches(), self.total, self.device, desc,
+                        progress=self.options.progress)
+
+    def train_batches(self, n: int) -> Iterable:
+        """N training images spread over the training split (for BN recalibration)."""
+        if self.loaded.arch.dataset != "cifar10":
+            raise IFMError("--recalibrate_bn is implemented for CIFAR-10 models")
+        train = datasets.load_cifar10(self.spec.data_root, "train", download=self.spec.download,
+                                      progress=self.options.progress)
+        subset = train.subset(datasets.spread_indices(len(train), n))
+        mean, std = self.loaded.normalize or (None, None)
+        return tensor_batches(subset, self.options.batch_size, self.device, mean, std)
+
+    def baseline(self, model: nn.Module, cache_path: Path) -> EvalResult:
+        """The original model's accuracy, cached per checkpoint next to the results."""
+        key = {"digest": self.loaded.digest, "data_root": self.spec.record_fields()["data_root"],
+               "data": getattr(self.data, "source", ""), "eval_samples": self.total,
+               "normalize": bool(self.loaded.normalize)}
+        for record in read_jsonl(cache_path):
+            if record.get("key") == key:
+                return EvalResult(record["accuracy"], record["loss"], record["samples"])
+        result = self(model, "eval original")
+        append_jsonl(cache_path, {"key": key, "accuracy": result.accuracy, "loss": result.loss,
+                                  "samples": result.samples})
+        return result

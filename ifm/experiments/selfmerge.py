@@ -1,226 +1,32 @@
-"""The self-merge experiment behind the four entry scripts: load, merge, measure, evaluate, record.
-
-Argument names follow the official scripts (``--model_param``, ``--threshold``, ``--max_ratio``,
-``--vgg_name``...). Every bad input ends in one :class:`IFMError` line and nothing is written.
-"""
+"""One self-merge run: the run description's compression (:func:`ifm.pipeline.compress`) on the loaded weights,
+measured (parameters, FLOPs), evaluated and recorded as one JSON line; the pruning baselines at IFM's widths; the
+checks a run makes before any work."""
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from . import data as datasets
-from .data import CIFAR10_MEAN, CIFAR10_STD
-from ..architectures import ARCHITECTURES, Architecture, get_architecture, model_for_state_dict, num_classes_of
-from ..discovery import channel_groups, check_groups, describe_groups
-from .cli import cli_main
-from ..errors import IFMError
-from .evaluate import EvalResult, evaluate, tensor_batches
-from .io import append_jsonl, file_digest, load_state_dict_file, read_jsonl, save_state_dict, writable_location
-from ..device import pick_device
-from .image_cache import synthetic_calibration, synthetic_images_path
-from .. import pipeline
-from ..pruning import PRUNINGS, prune_to_widths
+from ..architectures import model_for_state_dict
 from ..budget import Budget
-from ..merge import DTYPES, ORDERS, MergeResult
-from ..pipeline import Compression, compress, reestimate_statistics, resolve_rule, synthetic_batches
+from ..device import pick_device
+from ..discovery import channel_groups
+from ..errors import IFMError
+from .evaluate import Evaluator
+from .image_cache import synthetic_calibration, synthetic_images_path
+from .io import append_jsonl, save_state_dict, writable_location
+from .loading import LoadedModel, load_model
+from ..merge import MergeResult
 from ..metrics import count_flops, count_params
-from .run import DEFAULT_RESULTS, RunOptions, RunSpec, add_option_arguments, as_flags, from_args
-from ..trace import TracedGraph
+from .. import pipeline
+from ..pipeline import Compression, compress, reestimate_statistics, synthetic_batches
+from ..pruning import PRUNINGS, prune_to_widths
+from .run import RunOptions, RunSpec, as_flags
 
 
-# --------------------------------------------------------------------------------------- arguments
-def add_merge_arguments(parser: argparse.ArgumentParser, dataset: str, family: str) -> None:
-    """Arguments shared by the entry scripts (official names first)."""
-    p = parser
-    p.add_argument("--model_param", default=None, help="checkpoint: a state dict (or wrapped in state_dict/net/model)")
-    if dataset == "cifar10":
-        if family == "vgg":
-            p.add_argument("--vgg_name", default="VGG16", choices=["VGG11", "VGG13", "VGG16", "VGG19"])
-        else:
-            p.add_argument("--resnet_name", default="ResNet18", choices=["ResNet18", "ResNet34", "ResNet50"])
-    elif family == "any":
-        p.add_argument("--arch", required=True, help="a torchvision model (mobilenet_v2, densenet121, resnet50...) "
-                                                     "or module:callable returning your nn.Module")
-        p.add_argument("--input_size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
-                       help="input to trace the model with (default 3 224 224; 3 32 32 for CIFAR models)")
-        p.add_argument("--list_groups", action="store_true",
-                       help="list the channel groups and the frozen spaces (with the reason), then stop")
-        p.add_argument("--weights", default=None, help="torchvision weights instead of --model_param, e.g. DEFAULT")
-    else:
-        default = "vgg16" if family == "vgg" else "resnet50"
-        p.add_argument("--arch", default=default, help="torchvision name, e.g. vgg16, vgg16_bn, resnet50")
-        p.add_argument("--weights", default=None, help="torchvision weights instead of --model_param, e.g. IMAGENET1K_V1")
-    p.add_argument("--threshold", type=float, default=0.1, help="beta of Eq. 9, in (0, 1)")
-    p.add_argument("--max_ratio", type=float, default=1.0, help="cap on merges per group, in (0, 1]")
-    p.add_argument("--order", default="official", choices=list(ORDERS),
-                   help="official: one merge per group per sweep; layerwise: paper Algorithm 1")
-    if family in ("resnet", "any"):
-        p.add_argument("--stages", type=int, nargs="+", default=None, help="ResNet stages to merge (default: 3 4)")
-    p.add_argument("--dtype", default="float64", choices=list(DTYPES), help="distance bookkeeping")
-    p.add_argument("--data_root", default="data/cifar10" if dataset == "cifar10" else "data/imagenet")
-    if dataset == "cifar10":  # ImageNet cannot be downloaded by torchvision
-        p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if absent")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    p.add_argument("--batch_size", type=int, default=64 if dataset == "imagenet" else 256)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--eval_samples", type=int, default=None, help="evaluate on N test images spread evenly")
-    p.add_argument("--no_eval", action="store_true", help="merge only (IFM needs no data)")
-    p.add_argument("--save_merged", default=None, help="write the merged state dict here")
-    p.add_argument("--overwrite", action="store_true", help="allow --save_merged to replace a file")
-    p.add_argument("--results", default=DEFAULT_RESULTS, help="append one JSON line per run here")
-    p.add_argument("--no_progress", action="store_true")
-
-
-def merge_argument_parser(dataset: str, family: str, spec_type: type = RunSpec,
-                          **parser_options) -> argparse.ArgumentParser:
-    """A parser with the entry scripts' arguments and the options beyond the paper (those of ``spec_type``)."""
-    parser = argparse.ArgumentParser(**parser_options)
-    add_merge_arguments(parser, dataset, family)
-    add_extension_arguments(parser, spec_type)
-    if family == "any":
-        parser.set_defaults(merge_rule="auto")
-    return parser
-
-
-# --------------------------------------------------------------------------------------- loading
-@dataclass
-class LoadedModel:
-    arch: Architecture
-    state_dict: dict[str, torch.Tensor]
-    checkpoint: str  # path or torchvision weights name
-    digest: str  # identifies the weights for caches
-    normalize: tuple | None  # (mean, std) for CIFAR, if the checkpoint was trained normalised
-    model: nn.Module  # the original model with these weights
-    merge_rule: str = "official"  # the run's rule ("auto" resolved)
-    rule_reason: str = ""  # why "auto" chose it
-    graph: TracedGraph | None = None  # the architecture's traced graph (its channel spaces), traced once
-
-
-def _torchvision_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
-    import torchvision
-    try:
-        enum = torchvision.models.get_model_weights(arch)
-        chosen = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    except (KeyError, ValueError):
-        raise IFMError(f"unknown --weights {weights!r} for {arch}") from None
-    if not datasets.network_reachable("download.pytorch.org"):
-        raise IFMError(f"cannot download {arch} {weights}: no network; pass --model_param with a local .pth copy")
-    return chosen.get_state_dict(progress=True)
-
-
-def _training_normalization(checkpoint: Path) -> tuple | None:
-    """(mean, std) if ``train_model.py``'s config next to the checkpoint says data.normalize."""
-    import yaml
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        cfg = folder / "config.yml"
-        if cfg.is_file():
-            try:
-                if (yaml.safe_load(cfg.read_text()) or {}).get("data", {}).get("normalize"):
-                    return CIFAR10_MEAN, CIFAR10_STD
-            except yaml.YAMLError:
-                return None
-            return None
-    return None
-
-
-def load_model(spec: RunSpec, initialise: bool = False) -> LoadedModel:
-    """Read the checkpoint (or torchvision weights) and check it fits the architecture. ``initialise``: without
-    either, use the model's own initialisation (enough to trace and list its groups)."""
-    arch = get_architecture(spec.arch, spec.input_size)
-    if initialise and not spec.weights and spec.model_param is None:
-        state_dict = arch.build(10 if arch.dataset == "cifar10" else 1000).state_dict()
-        checkpoint, digest, normalize = "initialisation", "init", None
-    elif spec.weights:
-        if spec.model_param:
-            raise IFMError("pass either --model_param or --weights, not both")
-        state_dict = _torchvision_weights(arch.name, spec.weights)
-        checkpoint, digest, normalize = f"torchvision:{arch.name}.{spec.weights}", f"tv:{arch.name}:{spec.weights}", None
-    else:
-        if spec.model_param is None:
-            hint = " or --weights IMAGENET1K_V1" if arch.dataset == "imagenet" else ""
-            raise IFMError(f"no checkpoint given: pass --model_param PATH{hint}")
-        state_dict = load_state_dict_file(spec.model_param)
-        checkpoint, digest = str(spec.model_param), file_digest(spec.model_param)
-        normalize = _training_normalization(Path(spec.model_param)) if arch.dataset == "cifar10" else None
-    model = model_for_state_dict(arch, state_dict)  # raises IFMError naming the keys that do not fit
-    graph = arch.trace(state_dict)
-    rule, reason = resolve_rule(graph, spec.merge_rule, "kmeans" if spec.method == "kmeans" else "ifm")
-    if spec.arch not in ARCHITECTURES:  # traced groups of a model nobody described: checked once
-        check_groups(arch, state_dict, channel_groups(arch, state_dict, spec.stages, rule=rule, graph=graph))
-    return LoadedModel(arch, state_dict, checkpoint, digest, normalize, model, rule, reason, graph)
-
-
-# --------------------------------------------------------------------------------------- evaluation
-def _check_eval_samples(spec: RunSpec, available: int) -> None:
-    if spec.eval_samples is not None and spec.eval_samples > available:
-        raise IFMError(f"--eval_samples {spec.eval_samples} exceeds the {available:,} test images under "
-                       f"{spec.data_root}: give at most {available}, or leave it out to use them all")
-
-
-class Evaluator:
-    """Evaluates models on the (possibly subsampled) test split, loading the data once."""
-
-    def __init__(self, loaded: LoadedModel, spec: RunSpec, options: RunOptions, device: torch.device):
-        if not spec.evaluates:
-            raise ValueError("this run merges only (no data root)")
-        self.device, self.spec, self.options, self.loaded = device, spec, options, loaded
-        if loaded.arch.dataset == "cifar10":
-            full = datasets.load_cifar10(spec.data_root, "test", download=spec.download, progress=options.progress)
-            _check_eval_samples(spec, len(full))
-            self.data = full.subset(datasets.spread_indices(len(full), spec.eval_samples))
-        else:
-            full = datasets.imagenet_val(spec.data_root)
-            _check_eval_samples(spec, len(full))
-            from torch.utils.data import Subset
-            self.data = Subset(full, datasets.spread_indices(len(full), spec.eval_samples).tolist())
-        outputs = num_classes_of(loaded.state_dict)
-        if len(full.classes) != outputs:
-            raise IFMError(f"{spec.data_root} has {len(full.classes)} classes but the checkpoint's classifier has "
-                           f"{outputs} outputs: labels would not match; check --data_root")
-        self.total = len(self.data)
-
-    def batches(self) -> Iterable:
-        if isinstance(self.data, datasets.TensorImages):
-            mean, std = self.loaded.normalize or (None, None)
-            return tensor_batches(self.data, self.options.batch_size, self.device, mean, std)
-        from torch.utils.data import DataLoader
-        return DataLoader(self.data, batch_size=self.options.batch_size, num_workers=self.options.workers)
-
-    def __call__(self, model: nn.Module, desc: str) -> EvalResult:
-        return evaluate(model.to(self.device), self.batches(), self.total, self.device, desc,
-                        progress=self.options.progress)
-
-    def train_batches(self, n: int) -> Iterable:
-        """N training images spread over the training split (for BN recalibration)."""
-        if self.loaded.arch.dataset != "cifar10":
-            raise IFMError("--recalibrate_bn is implemented for CIFAR-10 models")
-        train = datasets.load_cifar10(self.spec.data_root, "train", download=self.spec.download,
-                                      progress=self.options.progress)
-        subset = train.subset(datasets.spread_indices(len(train), n))
-        mean, std = self.loaded.normalize or (None, None)
-        return tensor_batches(subset, self.options.batch_size, self.device, mean, std)
-
-    def baseline(self, model: nn.Module, cache_path: Path) -> EvalResult:
-        """The original model's accuracy, cached per checkpoint next to the results."""
-        key = {"digest": self.loaded.digest, "data_root": self.spec.record_fields()["data_root"],
-               "data": getattr(self.data, "source", ""), "eval_samples": self.total,
-               "normalize": bool(self.loaded.normalize)}
-        for record in read_jsonl(cache_path):
-            if record.get("key") == key:
-                return EvalResult(record["accuracy"], record["loss"], record["samples"])
-        result = self(model, "eval original")
-        append_jsonl(cache_path, {"key": key, "accuracy": result.accuracy, "loss": result.loss,
-                                  "samples": result.samples})
-        return result
-
-
-# --------------------------------------------------------------------------------------- running
 def merge_loaded(loaded: LoadedModel, spec: RunSpec, device: torch.device, progress: bool = False) -> MergeResult:
     """The run's merge (no budget left to resolve; see :func:`ifm.pipeline.merge_state_dict`)."""
     return pipeline.merge_state_dict(loaded.arch, loaded.state_dict, spec.compression(loaded.merge_rule),
@@ -406,40 +212,3 @@ def format_record(record: dict) -> str:
                         f"made in {made['seconds']:.0f} s and kept in {made['path']} (reused by later runs of this "
                         "checkpoint)"))
     return "\n".join(lines)
-
-
-def cli(dataset: str, family: str, argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``*_self_merge.py`` scripts (``family="any"``: ``scripts/self_merge.py``, any CNN): one
-    line on stderr and exit 2 on bad input."""
-    what = "any CNN" if family == "any" else f"a {dataset} {family.upper()}"
-    parser = merge_argument_parser(dataset, family, description=f"Iterative Feature Merging on {what}")
-    args = parser.parse_args(argv)
-    spec, options = from_args(args)
-
-    def main() -> None:
-        if getattr(args, "list_groups", False):
-            print(list_groups(spec))
-            return
-        record = run_self_merge(spec, options)
-        print(format_record(record))
-        print(f"results appended to {options.results}")
-    return cli_main(main)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/self_merge.py`` and the ``ifm`` command: IFM on any CNN."""
-    return cli("imagenet", "any", argv)
-
-
-def list_groups(spec: RunSpec) -> str:
-    """The channel groups of the run's model and its frozen spaces (``--list_groups``)."""
-    loaded = load_model(spec, initialise=True)
-    groups = channel_groups(loaded.arch, loaded.state_dict, spec.stages, rule=loaded.merge_rule, graph=loaded.graph)
-    text = describe_groups(loaded.graph, groups, loaded.merge_rule, loaded.arch, spec.stages)
-    return text + (f"\nmerge rule {loaded.rule_reason}" if loaded.rule_reason else "")
-
-
-def add_extension_arguments(parser: argparse.ArgumentParser, spec_type: type = RunSpec) -> None:
-    """Options beyond the paper, one per flagged field of the run description (their defaults keep the official
-    behaviour; see :func:`ifm.experiments.run.option`)."""
-    add_option_arguments(parser, spec_type)

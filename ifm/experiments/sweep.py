@@ -14,7 +14,10 @@ from typing import Iterable, Iterator, Sequence
 from ..errors import IFMError
 from .io import read_jsonl
 from .run import RunOptions, RunSpec, identity_fields, record_defaults
-from .selfmerge import Evaluator, load_model, pick_device, run_identity, run_self_merge, validate
+from .evaluate import Evaluator
+from .loading import load_model
+from ..device import pick_device
+from .selfmerge import run_identity, run_self_merge, validate
 
 try:
     import fcntl

@@ -5,10 +5,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from torch import nn
 from ifm.experiments.run import RunOptions, RunSpec
-from ifm.experiments.selfmerge import load_model, Evaluator, merge_weights
+from ifm.experiments.loading import load_model
+from ifm.experiments.evaluate import Evaluator
+from ifm.experiments.selfmerge import merge_weights
 from ifm.discovery import channel_groups
 from ifm.architectures import model_for_state_dict
-from ifm.beyond import recalibrate_bn
+from ifm.batchnorm import recalibrate_bn
 import ifm.correction as C
 torch.set_num_threads(2)
 N, B, ITERS, LR = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
