@@ -79,12 +79,43 @@ def controls(measured: Path) -> str:
     return "\n".join(lines)
 
 
+def long_run(measured: Path, folder: str = "long_vgg16_w0125_s0") -> str:
+    """A training followed epoch by epoch (``<folder>/epochs/``): at each swept epoch the trained accuracy, the last
+    merged layer's smallest normalised distance, the dead channels of all layers, and per sweep the β keeping 95 %
+    of the accuracy (remaining parameters %, accuracy) and the accuracy at β 0.1 and 0.2."""
+    base = measured / folder / "epochs"
+    diagnosis = _rows(base / "epochs.csv")
+    sweeps = _rows(base / "sweeps.csv")
+    last = diagnosis[-1]["group"]
+    closest = {int(r["epoch"]): float(r["min_distance"]) for r in diagnosis if r["group"] == last}
+    dead = {}
+    for r in diagnosis:
+        dead[int(r["epoch"])] = dead.get(int(r["epoch"]), 0) + int(r["dead_bn"]) + int(r["dead_relu"] or 0)
+    modes = list(dict.fromkeys(r["sweep"] for r in sweeps))
+    lines = ["| epoch | trained acc | smallest distance (last layer) | dead channels | "
+             + " | ".join(f"{m}: β95 → params % (acc); acc at β 0.1 / 0.2" for m in modes) + " |",
+             "|---" * (4 + len(modes)) + "|"]
+    for epoch in sorted({int(r["epoch"]) for r in sweeps}):
+        mine = {r["sweep"]: r for r in sweeps if int(r["epoch"]) == epoch}
+        cells = []
+        for m in modes:
+            r = mine.get(m)
+            cells.append("-" if r is None else f"{r['beta_95']} → {float(r['params_pct_at_beta_95']):.1f} "
+                         f"({float(r['acc_at_beta_95']):.2f}); {r['acc_at_beta_0.1'].split(' ')[0]} / "
+                         f"{r['acc_at_beta_0.2'].split(' ')[0]}" if r["beta_95"] else f"- ; {r['acc_at_beta_0.1']}")
+        first = next(iter(mine.values()))
+        lines.append(f"| {epoch} | {float(first['trained_acc']):.2f} | {closest.get(epoch, float('nan')):.3g} | "
+                     f"{dead.get(epoch, '-')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "paper-scale": paper_scale,
     "frontier": frontier,
     "frontier-short": lambda measured: frontier(measured, README_FRONTIER),
     "frontier-resnet18": lambda measured: frontier(measured, folder="frontier_resnet18_reduced"),
     "controls": controls,
+    "long-run": long_run,
 }
 
 
