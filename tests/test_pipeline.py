@@ -140,4 +140,4 @@ def test_library_errors_speak_of_parameters_and_the_cli_of_flags(tiny_checkpoint
         Compression(beta=2.0)
     code = cli("cifar10", "vgg", ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]),
                                   "--threshold", "2", "--no_eval", "--results", str(tmp_path / "r.jsonl")])
-    assert code == 2 and capsys.readouterr().err.startswith("error: --threshold must lie in")
+    assert code == 2 and capsys.readouterr().err.startswith("error: --threshold (beta) must lie in")

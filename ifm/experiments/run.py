@@ -170,8 +170,9 @@ FLAGS = {"beta": "--threshold", "max_ratio": "--max_ratio", "target_params": "--
 def as_flags(message: str) -> str:
     """A library message with its parameter names as the command line's flags (``beta`` -> ``--threshold``)."""
     head, sep, rest = message.partition(" ")
-    if head in FLAGS:
-        message = FLAGS[head] + sep + rest
+    if head in FLAGS:  # the parameter's name stays beside its flag: "--threshold (beta) must lie in ..."
+        message = f"{FLAGS[head]} ({head})" if FLAGS[head] != f"--{head}" else FLAGS[head]
+        message += sep + rest
     return re.sub(r"(?<![-\w])(max_ratio|target_params|synthetic_bn|max_merges)(?!\w)", lambda m: FLAGS[m[1]],
                   message)
 
