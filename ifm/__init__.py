@@ -11,6 +11,7 @@ from importlib import import_module
 _HOMES = {
     "ARCHITECTURES": "architectures", "get_architecture": "architectures", "model_for_state_dict": "architectures",
     "channel_groups": "discovery", "check_groups": "discovery", "describe_groups": "discovery",
+    "Distillation": "distill", "distill_model": "distill",
     "IFMError": "errors",
     "ChannelGroup": "groups", "LayerSpaces": "groups", "Member": "groups", "build_groups": "groups",
     "chain_spaces": "groups", "resnet_spaces": "groups",

@@ -5,7 +5,8 @@ The original network is a free teacher: the merged (student) network is trained 
 statistics (:mod:`ifm.synthesis`; data-free, as DeepInversion distils) or on real images, with random crops
 (reflect padding 4) and flips, SGD with Nesterov momentum and a cosine schedule, seeded. The student's BatchNorms
 stay in eval mode: their statistics (re-estimated before, :func:`ifm.pipeline.reestimate_statistics`) are kept,
-and a merge that keeps the function has zero loss and is left unchanged.
+and a merge that keeps the function has zero loss and is left unchanged. Gradients are clipped to norm
+:data:`CLIP`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 BATCH = 64
 TEMPERATURE = 4.0
+CLIP = 1.0  # largest gradient norm: BN in eval mode does not normalise the gradients, a few steps could diverge
 
 
 @dataclass
@@ -56,7 +58,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
                     dim=1), reduction="batchmean", log_target=True) * temperature ** 2
 
 
-def distill(student: nn.Module, teacher: nn.Module, images: Tensor, steps: int, seed: int = 0,
+def distill_model(student: nn.Module, teacher: nn.Module, images: Tensor, steps: int, seed: int = 0,
             lr: float = LEARNING_RATE, batch_size: int = BATCH, temperature: float = TEMPERATURE,
             augment: bool = True, device: torch.device | str = "cpu",
             progress: Callable[[int, int, float], None] | None = None) -> Distillation:
@@ -88,6 +90,7 @@ def distill(student: nn.Module, teacher: nn.Module, images: Tensor, steps: int, 
             loss = distillation_loss(student(batch), target, temperature)
             optimiser.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, CLIP)
             optimiser.step()
             schedule.step()
             losses.append(loss.item())

@@ -15,7 +15,9 @@ The steps, each an option of :class:`Compression` (the defaults are the official
 5. the merge: IFM's closest pairs (Eq. 6-10, :mod:`ifm.merge`) or k-means clusters (``clustering="kmeans"``);
 6. folded BNs reset, and the data-free correction of merged channels (``correction``, :mod:`ifm.correction`);
 7. BN statistics re-estimated, on ``synthetic_bn`` images synthesised from the original network's BN statistics
-   (:mod:`ifm.synthesis`) or on a ``calibration`` iterable of real batches.
+   (:mod:`ifm.synthesis`) or on a ``calibration`` iterable of real batches;
+8. the merged network distilled from the original (``distill`` steps, :mod:`ifm.distill`) on synthesised images
+   (``distill_images``, or the ``synthetic_bn`` ones) or on real ``distill_inputs``.
 
 Every input layout gives the same result (the state dict is taken in the standard layout first).
 """
@@ -42,6 +44,7 @@ from .kmeans import kmeans_partition
 from .layout import standard_layout
 from .merge import DTYPES, MERGE_RULES, ORDERS, Dtype, IterativeMerger, MergeResult, Order, check_hyperparameters
 from . import synthesis as synthesis_
+from .distill import Distillation, distill_model
 from .synthesis import CHUNK, SyntheticImages
 from .trace import TracedGraph
 
@@ -50,6 +53,8 @@ RuleChoice = Literal["official", "mean", "auto"]
 RULE_CHOICES: tuple[str, ...] = MERGE_RULES + ("auto",)
 Clustering = Literal["ifm", "kmeans"]  # IFM's closest pairs, or k-means clusters of each group (Model Folding's)
 CLUSTERINGS: tuple[str, ...] = get_args(Clustering)
+DistillData = Literal["synthetic", "real"]  # what a distillation trains on (real: inputs the caller gives)
+DISTILL_DATA: tuple[str, ...] = get_args(DistillData)
 
 #: every option with a fixed set of values, by field name of :class:`Compression`
 CHOICES: dict[str, tuple[str, ...]] = {"order": ORDERS, "rule": RULE_CHOICES, "bn_mode": BN_MODES,
@@ -75,6 +80,8 @@ class Compression:
         allocation: with a budget, ``"ifm"`` (the largest β that keeps it) or ``"uniform"`` (one share for all).
         max_merges: stop IFM after its first N merges (a budget sets it when no β lands on it).
         synthetic_bn: re-estimate BN statistics on this many images synthesised from the original network's.
+        distill: train the merged network for this many steps to match the original's outputs (0: no).
+        distill_images: synthesise this many images to distil on (0: the ``synthetic_bn`` images).
         stages: ResNet stages to merge (None: the official 3 and 4).
         dtype: ``"float64"`` or ``"float32"`` distance bookkeeping.
     """
@@ -92,6 +99,13 @@ class Compression:
     synthetic_bn: int = 0
     stages: tuple[int, ...] | None = None
     dtype: Dtype = "float64"
+    distill: int = 0
+    distill_images: int = 0
+
+    @property
+    def images_needed(self) -> int:
+        """How many synthesised images the compression uses (BN statistics and distillation together)."""
+        return max(self.synthetic_bn, self.distill_images if self.distill else 0)
 
     def __post_init__(self) -> None:
         if self.stages is not None:
@@ -112,8 +126,9 @@ def check_compression(c: Compression) -> None:
         raise ValueError(f"target_params is a percentage of the parameters to keep, in (0, 100]; got {c.target_params}")
     if c.max_merges is not None and c.max_merges < 0:
         raise ValueError(f"max_merges must be 0 or more, got {c.max_merges}")
-    if c.synthetic_bn < 0:
-        raise ValueError(f"synthetic_bn must be 0 or more, got {c.synthetic_bn}")
+    for name in ("synthetic_bn", "distill", "distill_images"):
+        if getattr(c, name) < 0:
+            raise ValueError(f"{name} must be 0 or more, got {getattr(c, name)}")
     if c.clustering == "kmeans" and c.target_params is None and c.max_ratio >= 1.0:
         raise ValueError("clustering kmeans merges the same share of every group: give max_ratio below 1 (e.g. 0.5) or "
                          "target_params")
@@ -130,7 +145,8 @@ class Compressed:
     budget: Budget | None = None
     rule_reason: str = ""
     synthesis: SyntheticImages | None = None
-    seconds: dict[str, float] = field(default_factory=dict)  # merge, correction, statistics
+    distillation: Distillation | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # merge, correction, statistics, distillation
 
     @property
     def widths(self) -> dict[str, int]:
@@ -208,7 +224,8 @@ def resolve_budget(arch: Architecture, state_dict: Mapping[str, Tensor], model: 
         return c.replace(beta=found.beta, max_ratio=found.max_ratio, allocation="uniform"), found
     total = sum(state_dict[k].numel() for k in keys)
     below: dict[float, MergeResult] = {}  # the latest probe under the budget: the bisection's upper β
-    plain = c.replace(target_params=None, correction="none", synthetic_bn=0, max_merges=None, max_ratio=1.0)
+    plain = c.replace(target_params=None, correction="none", synthetic_bn=0, distill=0, max_merges=None,
+                      max_ratio=1.0)
 
     def params_pct_at(beta: float) -> float:
         result = merge_state_dict(arch, state_dict, plain.replace(beta=beta), graph, device)
@@ -252,7 +269,8 @@ def synthetic_batches(images: Tensor, batch_size: int = CHUNK) -> list[Tensor]:
 def compress(model: nn.Module | str | Architecture, compression: Compression = Compression(), *,
              state_dict: Mapping[str, Tensor] | None = None, input_size: Sequence[int] | None = None,
              calibration: Iterable | None = None, images: SyntheticImages | None = None,
-             graph: TracedGraph | None = None, device: torch.device | str = "cpu",
+             distill_inputs: Tensor | None = None, graph: TracedGraph | None = None,
+             device: torch.device | str = "cpu",
              progress: bool = False, check: bool = False) -> Compressed:
     """Compress a model: every step of :class:`Compression`, then the slim module.
 
@@ -264,7 +282,9 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
         input_size: (C, H, W) to trace the model with and to synthesise images of (default: the architecture's;
             3x224x224 for a module).
         calibration: batches of real inputs to re-estimate the BN statistics on (instead of ``synthetic_bn``).
-        images: images already synthesised for this model (``synthetic_bn`` then uses them; e.g. from a cache).
+        images: images already synthesised for this model, at least ``compression.images_needed`` of them
+            (``synthetic_bn`` and ``distill`` then use them; e.g. from a cache).
+        distill_inputs: real inputs ``(n, C, H, W)`` to distil on instead of synthesised images.
         graph: the model's traced graph, if already at hand.
         device: where the merge's first pass, the synthesis and the re-estimation run.
         progress: show a progress bar for the merge.
@@ -280,6 +300,12 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
             raise ValueError("compress needs state_dict with an architecture name")
     if compression.synthetic_bn and calibration is not None:
         raise ValueError("give either synthetic_bn (data-free) or calibration batches to re-estimate BN on, not both")
+    if compression.distill and distill_inputs is None and not compression.images_needed:
+        raise ValueError("distill needs images to distil on: give distill_images (or synthetic_bn) for synthesised "
+                         "ones, or distill_inputs")
+    if images is not None and len(images.images) < compression.images_needed:
+        raise ValueError(f"images holds {len(images.images)} synthesised images; the compression needs "
+                         f"{compression.images_needed}")
     state_dict = standard_layout(state_dict)
     graph = graph or arch.trace(state_dict)
     original = model_for_state_dict(arch, state_dict)
@@ -292,14 +318,24 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
     seconds = {"merge": result.seconds, "correction": result.correction_seconds}
     synthesis = None
     start = time.perf_counter()
-    if c.synthetic_bn:
-        synthesis = images or synthesis_.synthesize_images(original.to(device), arch.input_size, c.synthetic_bn,
+    synthesised = c.synthetic_bn or (c.distill and distill_inputs is None)
+    if synthesised:
+        synthesis = images or synthesis_.synthesize_images(original.to(device), arch.input_size, c.images_needed,
                                                            iterations=synthesis_.ITERATIONS, device=device)
-        merged = reestimate_statistics(arch, merged, synthetic_batches(synthesis.images), device)
+    if c.synthetic_bn:
+        merged = reestimate_statistics(arch, merged, synthetic_batches(synthesis.images[:c.synthetic_bn]), device)
     elif calibration is not None:
         merged = reestimate_statistics(arch, merged, calibration, device)
     seconds["statistics"] = time.perf_counter() - start
-    return Compressed(merged, model_for_state_dict(arch, merged), result, c, budget, reason, synthesis, seconds)
+    student = model_for_state_dict(arch, merged)
+    distillation = None
+    if c.distill:
+        inputs = distill_inputs if distill_inputs is not None else synthesis.images[:c.distill_images or None]
+        distillation = distill_model(student, original, inputs, c.distill, device=device)
+        found = student.cpu().state_dict()
+        merged = {k: found[k].detach().clone() for k in merged}
+        seconds["distillation"] = distillation.seconds
+    return Compressed(merged, student, result, c, budget, reason, synthesis, distillation, seconds)
 
 
 def groups_of(arch: Architecture, state_dict: Mapping[str, Tensor], c: Compression,

@@ -3,7 +3,8 @@
     bash scripts/demo.sh --data_root ../shared/data/cifar10
 
 Nothing is redone: a finished training run is reused, and β values already in the results file are
-skipped. About 5 minutes on 2 CPU cores (3 epochs of a width-0.25 VGG11).
+skipped. About 5 minutes on 2 idle CPU cores (3 epochs of a width-0.25 VGG11, about 65 s each, then the
+merges); 14 minutes were measured on a machine busy with other jobs.
 """
 from __future__ import annotations
 

@@ -7,4 +7,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "no virtual environment at $VENV: run 'bash scripts/demo.sh' (or 'bash scripts/setup.sh') first" >&2
   exit 2
 fi
-exec "$VENV/bin/python" -m pytest "$@"
+# one worker per core (pytest-xdist; IFM_TEST_WORKERS=0 runs in this process, as plain pytest does)
+exec "$VENV/bin/python" -m pytest -n "${IFM_TEST_WORKERS:-auto}" "$@"

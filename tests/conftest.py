@@ -1,7 +1,11 @@
 """Fixtures: tiny generated datasets and checkpoints (no network, no shared data)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (scripts/test.sh): one thread each, and their
+    os.environ["OMP_NUM_THREADS"] = "1"     # subprocesses too, so that the workers share the cores, not oversubscribe
 
 import pytest
 import torch
@@ -10,6 +14,9 @@ from PIL import Image
 import models
 from ifm import channel_groups
 from ifm.experiments.planted import copy_channel
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def make_image_folder(root: Path, splits: dict[str, int], size: int = 32, classes: int = 10, seed: int = 0) -> Path:

@@ -38,3 +38,13 @@ def marked_slow(values: Iterable, is_slow: Callable) -> list:
         else:
             out.append(value)
     return out
+
+
+def refused_in_one_line(checkpoint, extra: list[str], message: str, results, capsys) -> None:
+    """The CIFAR VGG entry (``--no_eval``) with ``extra`` flags exits 2 with one ``error:`` line holding ``message``
+    and writes no results."""
+    from ifm.experiments.arguments import cli
+    argv = ["--vgg_name", "VGG11", "--model_param", str(checkpoint), "--no_eval", "--results", str(results), *extra]
+    assert cli("cifar10", "vgg", argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0] and not results.exists(), err

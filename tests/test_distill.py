@@ -6,10 +6,17 @@ import copy
 import pytest
 import torch
 
-from ifm import build_groups, chain_spaces, iterative_feature_merging, slim_model
-from ifm.distill import augmented, distill, distillation_loss
+import models
+from ifm import (Compression, build_groups, chain_spaces, compress, iterative_feature_merging, model_for_state_dict,
+                 slim_model)
+from ifm.distill import augmented, distill_model, distillation_loss
+from ifm.experiments.arguments import cli
+from ifm.experiments.compare import methods
+from ifm.experiments.run import RunSpec
+from ifm.experiments.io import read_jsonl
+from ifm.synthesis import SyntheticImages
 from ifm.experiments.planted import copy_channel
-from tests.helpers import plain_cnn
+from tests.helpers import plain_cnn, refused_in_one_line
 
 
 def _outputs(model, x):
@@ -31,7 +38,7 @@ def test_a_merge_that_keeps_the_function_is_left_unchanged():
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     before = _outputs(student, x)
     torch.testing.assert_close(before, _outputs(teacher, x), rtol=1e-5, atol=1e-5)
-    done = distill(student, teacher, torch.randn(32, 3, 8, 8), steps=20)
+    done = distill_model(student, teacher, torch.randn(32, 3, 8, 8), steps=20)
     assert done.final_loss < 1e-8 and done.steps == 20 and done.images == 32
     torch.testing.assert_close(_outputs(student, x), before, rtol=1e-5, atol=1e-5)
 
@@ -49,7 +56,7 @@ def test_a_damaged_student_recovers_toward_its_teacher_on_held_out_inputs():
     def gap(model):
         return distillation_loss(_outputs(model, held_out), _outputs(teacher, held_out)).item()
     before = gap(student)
-    done = distill(student, teacher, train, steps=300, lr=0.05)
+    done = distill_model(student, teacher, train, steps=300, lr=0.05)
     assert done.final_loss < 0.5 * done.start_loss  # the loss falls
     assert gap(student) < 0.5 * before  # and the student moves toward its teacher where it was not trained
     agree = (_outputs(student, held_out).argmax(1) == _outputs(teacher, held_out).argmax(1)).float().mean()
@@ -69,6 +76,87 @@ def test_augmentation_crops_and_flips_each_image_alone_and_is_seeded():
 def test_bad_distillations_are_refused():
     teacher = plain_cnn()
     with pytest.raises(ValueError, match="0 or more"):
-        distill(copy.deepcopy(teacher), teacher, torch.randn(4, 3, 8, 8), steps=-1)
+        distill_model(copy.deepcopy(teacher), teacher, torch.randn(4, 3, 8, 8), steps=-1)
     with pytest.raises(ValueError, match="needs images"):
-        distill(copy.deepcopy(teacher), teacher, torch.zeros(0, 3, 8, 8), steps=5)
+        distill_model(copy.deepcopy(teacher), teacher, torch.zeros(0, 3, 8, 8), steps=5)
+
+
+def _tiny_vgg(seed: int = 0):
+    torch.manual_seed(seed)
+    return models.create_model("VGG11", width=0.125).eval()
+
+
+def test_compress_distils_on_its_synthesised_images_or_on_given_inputs():
+    teacher = _tiny_vgg()
+    images = SyntheticImages(torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 1.0, 0.5, 0.0)
+    c = Compression(beta=0.999, max_ratio=0.5, synthetic_bn=8, distill=10, distill_images=16)
+    done = compress(teacher, c, input_size=(3, 32, 32), images=images)
+    plain = compress(teacher, c.replace(distill=0), input_size=(3, 32, 32), images=images)
+    assert done.distillation.steps == 10 and done.distillation.images == 16
+    assert done.widths == plain.widths and "distillation" in done.seconds
+    changed = [k for k in plain.state_dict if not torch.equal(plain.state_dict[k], done.state_dict[k])]
+    assert changed and all(not k.endswith(("running_mean", "running_var")) for k in changed)  # weights learn, BN kept
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():  # the returned module is the distilled state dict
+        torch.testing.assert_close(done.model.eval()(x), model_for_state_dict("VGG11", done.state_dict).eval()(x))
+    real = compress(teacher, c.replace(synthetic_bn=0, distill_images=0), input_size=(3, 32, 32),
+                    distill_inputs=torch.rand(12, 3, 32, 32))
+    assert real.distillation.images == 12 and real.synthesis is None
+    with pytest.raises(ValueError, match="needs images"):
+        compress(teacher, Compression(distill=5), input_size=(3, 32, 32))
+    with pytest.raises(ValueError, match="needs 16"):
+        compress(teacher, c.replace(distill_images=16), input_size=(3, 32, 32),
+                 images=SyntheticImages(images.images[:8], 1.0, 0.5, 0.0))
+
+
+@pytest.mark.slow
+def test_cli_distillation_reads_no_data_set_records_and_reuses_its_images(tiny_checkpoints, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr("ifm.synthesis.ITERATIONS", 5)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a data set was constructed")
+    for name in ("load_cifar10", "imagenet_val", "load_image_folder"):
+        monkeypatch.setattr(f"ifm.experiments.data.{name}", no_data)
+    monkeypatch.setattr("torchvision.datasets.CIFAR10", no_data)
+    monkeypatch.setattr("torchvision.datasets.ImageFolder", no_data)
+    results, merged = tmp_path / "r.jsonl", tmp_path / "m.pt"
+    base = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--no_eval", "--threshold",
+            "0.6", "--results", str(results), "--no_progress"]
+    assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16",
+                                         "--save_merged", str(merged)]) == 0
+    assert "distilled 6 steps on 16 synthetic images" in capsys.readouterr().out
+    assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16"]) == 0
+    assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8"]) == 0
+    first, second, plain = read_jsonl(results)
+    assert first["distill"] == 6 and first["distill_images"] == 16 and first["distill_data"] == "synthetic"
+    assert plain["distill"] == 0 and plain["distill_images"] is None and "distillation" not in plain
+    d = first["distillation"]
+    assert d["steps"] == 6 and d["images"] == 16 and d["seconds"] > 0 and d["final_loss"] >= 0
+    assert first["synthesis"]["images"] == 16 and not first["synthesis"]["cached"] and second["synthesis"]["cached"]
+    assert second["distillation"]["final_loss"] == d["final_loss"]  # same images, same seed: the same run
+    assert plain["synthesis"]["images"] == 8 and not plain["synthesis"]["cached"]
+    assert merged.is_file()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--distill", "-1"], "--distill must be 0 or more"),
+    (["--distill", "5"], "--distill 5 needs images"),
+    (["--distill", "5", "--distill_images", "-2"], "--distill_images must be 0 or more"),
+    (["--distill", "5", "--distill_data", "real"], "needs --distill_images N"),
+    (["--distill", "5", "--distill_data", "real", "--distill_images", "8"], "give --data_root"),
+    (["--distill", "5", "--synthetic_bn", "8", "--baseline", "l1"], "--distill trains merged models")])
+def test_cli_bad_distillation_is_one_error_line(extra, message, tiny_checkpoints, tmp_path, capsys):
+    refused_in_one_line(tiny_checkpoints["VGG11"], extra, message, tmp_path / "r.jsonl", capsys)
+
+
+def test_the_frontier_adds_distilled_rows_and_a_real_data_reference_only_when_asked():
+    spec = RunSpec(arch="VGG11", model_param="vgg11.pt", data_root="data", distill=300)
+    compared = methods(spec, synthetic=64, recalibrate=2000)
+    distilled = [m for m in compared if m.spec.distill]
+    assert all(m.spec.distill == 300 for m in distilled) and len(distilled) == 4
+    assert {m.spec.method for m in distilled} == {"ifm", "kmeans"}  # never a pruning baseline
+    real = [m for m in distilled if m.spec.distill_data == "real"]
+    assert len(real) == 1 and real[0].uses_data and real[0].spec.distill_images == 2000
+    assert all(m.spec.synthetic_bn == 64 for m in distilled if m not in real)
+    assert not [m for m in methods(spec.replace(distill=0)) if m.spec.distill]

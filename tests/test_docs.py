@@ -36,7 +36,8 @@ NOT_RUN = [
     (r"bn-mismatch .*merged\.pt", "reads the merged checkpoint the command before it writes (run in test_diagnose)"),
 ]
 #: sample counts shrunk to the sandbox's data (smoke-sized), everything else as shown
-SMOKE = [(r"(--eval_samples|--train_samples|--recalibrate_bn|--synthetic_bn) \d+", r"\1 16"),
+SMOKE = [(r"(--eval_samples|--train_samples|--recalibrate_bn|--synthetic_bn|--distill_images) \d+", r"\1 16"),
+         (r"--distill \d+", "--distill 4"),
          (r"data\.subset=\d+", "data.subset=40")]
 ALIASES = {"ifm": "scripts/self_merge.py", "scripts/demo.sh": "scripts/demo.py"}
 

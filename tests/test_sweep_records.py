@@ -170,7 +170,8 @@ def test_two_concurrent_sweeps_compute_each_beta_once(tiny_checkpoints, cifar_ro
     other = multiprocessing.get_context("spawn").Process(target=_slow_sweep, args=(spec, options, [0.3]))
     other.start()
     key = run_key({**run_identity(spec.replace(beta=0.3), load_model(spec), None), "eval_samples": 8})
-    for _ in range(600):  # until the other sweep holds β 0.3
+    deadline = time.monotonic() + 180  # (a spawned process imports torch first: slow on a loaded machine)
+    while time.monotonic() < deadline:  # until the other sweep holds β 0.3
         with run_claim(options.results, key, 0.3, wait=False) as free:
             if not free:
                 break

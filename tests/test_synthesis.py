@@ -12,6 +12,7 @@ from ifm.experiments.io import read_jsonl
 from ifm.experiments.arguments import cli
 from ifm.experiments.planted import copy_channel
 from ifm.synthesis import synthesize_images
+from tests.helpers import refused_in_one_line
 
 #: the data the models' BN statistics are measured on: per-pixel Gaussian, off-centre, channels of unequal scale
 SHIFT, SCALE = torch.tensor([0.8, -0.5, 0.2]).view(1, 3, 1, 1), torch.tensor([3.0, 0.5, 1.5]).view(1, 3, 1, 1)
@@ -133,9 +134,4 @@ def test_cli_synthetic_bn_records_caches_and_saves(tiny_checkpoints, cifar_root,
 @pytest.mark.parametrize("extra,message", [(["--synthetic_bn", "-1"], "--synthetic_bn must be 0 or more"),
                                            (["--synthetic_bn", "8", "--recalibrate_bn", "8"], "give one of them")])
 def test_cli_synthetic_bn_bad_input(extra, message, tiny_checkpoints, tmp_path, capsys):
-    results = tmp_path / "r.jsonl"
-    argv = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--no_eval",
-            "--results", str(results)] + extra
-    assert cli("cifar10", "vgg", argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and not results.exists()
+    refused_in_one_line(tiny_checkpoints["VGG11"], extra, message, tmp_path / "r.jsonl", capsys)

@@ -12,7 +12,10 @@ Compared, at every budget P (percent of the parameters kept):
   (with it: our analogue of their data-free Fold-AR), and with the synthetic-image re-estimation (their Fold-DIR's
   analogue);
 * L1 and random channel pruning at the uniform widths;
-* BN statistics re-estimated on training images after IFM with uniform widths: a reference that uses data (dotted).
+* BN statistics re-estimated on training images after IFM with uniform widths: a reference that uses data (dotted);
+* with ``--distill STEPS``: IFM (uniform, mean rule; and β allocation) and k-means with the synthetic-image
+  re-estimation, then distilled from the original on the synthesised images (:mod:`ifm.distill`); and the same
+  distillation on real training images, the reference that says what synthesis costs (dotted).
 """
 from __future__ import annotations
 
@@ -42,9 +45,12 @@ class Method:
 
 
 def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000, synthetic: int = 64) -> list[Method]:
-    """The compared methods, each a variant of ``spec`` (its checkpoint, data and evaluation settings)."""
+    """The compared methods, each a variant of ``spec`` (its checkpoint, data and evaluation settings); with
+    ``spec.distill`` steps, the distilled methods too."""
+    steps = spec.distill
     base = spec.replace(method="ifm", bn_mode="official", recalibrate_bn=0, synthetic_bn=0, bn_correction="none",
-                        allocation="ifm", merge_rule="official")
+                        allocation="ifm", merge_rule="official", distill=0, distill_images=0,
+                        distill_data="synthetic")
     uniform = base.replace(allocation="uniform")
     kmeans = uniform.replace(method="kmeans")
     found = [Method("IFM (β allocation)", base),
@@ -66,6 +72,20 @@ def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000, 
     if recalibrate and spec.evaluates:
         found.append(Method(f"IFM (uniform) + BN re-estimated on {recalibrate} training images",
                             uniform.replace(recalibrate_bn=recalibrate), uses_data=True))
+    if steps and synthetic:
+        distilled = dict(synthetic_bn=synthetic, distill=steps, distill_images=spec.distill_images)
+        images = spec.distill_images or synthetic
+        found += [Method(f"IFM (uniform widths, mean rule) + {synthetic} synthetic images + distillation "
+                         f"({steps} steps, {images} images)", uniform.replace(merge_rule="mean", **distilled)),
+                  Method(f"IFM (β allocation) + {synthetic} synthetic images + distillation ({steps} steps, "
+                         f"{images} images)", base.replace(**distilled)),
+                  Method(f"k-means + {synthetic} synthetic images + distillation ({steps} steps, {images} images)",
+                         kmeans.replace(**distilled))]
+    if steps and recalibrate and spec.evaluates:
+        found.append(Method(f"IFM (uniform widths, mean rule) + distillation on {recalibrate} training images "
+                            f"({steps} steps)", uniform.replace(merge_rule="mean", recalibrate_bn=recalibrate,
+                                                                distill=steps, distill_data="real",
+                                                                distill_images=recalibrate), uses_data=True))
     return found
 
 

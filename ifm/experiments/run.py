@@ -16,7 +16,7 @@ from ..batchnorm import BN_MODES
 from ..budget import ALLOCATIONS
 from ..correction import ESTIMATORS
 from ..merge import DTYPES, ORDERS
-from ..pipeline import CLUSTERINGS, RULE_CHOICES, Compression
+from ..pipeline import CLUSTERINGS, DISTILL_DATA, RULE_CHOICES, Compression
 from ..pruning import PRUNINGS
 
 DEFAULT_RESULTS = "results/self_merge.jsonl"
@@ -75,6 +75,14 @@ class RunSpec:
                              "keeps the budget; uniform, the same share merged in every group")
     max_merges: int | None = option(None, "--max_merges", None, "stop IFM after its first N merges (--target_params "
                                     "sets it when no β lands on the budget)", metavar="N", type=int)
+    distill: int = option(0, "--distill", None, "after merging (and any BN re-estimation), train the merged network "
+                          "for STEPS steps to match the original's outputs on unlabelled images", metavar="STEPS",
+                          type=int)
+    distill_images: int = option(0, "--distill_images", None, "with --distill: the number of images to distil on "
+                                 "(synthesised, cached like --synthetic_bn's; 0: the --synthetic_bn images)",
+                                 metavar="N", type=int)
+    distill_data: str = option("synthetic", "--distill_data", DISTILL_DATA, "with --distill: synthetic (data-free) "
+                               "or real (N training images, an upper bound on what synthesis costs)")
 
     def __post_init__(self):
         for name in ("stages", "input_size"):
@@ -99,7 +107,8 @@ class RunSpec:
                            correction=self.bn_correction, clustering="kmeans" if self.method == "kmeans" else "ifm",
                            target_params=self.target_params, allocation=self.allocation,
                            max_merges=self.max_merges, synthetic_bn=self.synthetic_bn, stages=self.stages,
-                           dtype=self.dtype)
+                           dtype=self.dtype, distill=self.distill,
+                           distill_images=self.distill_images if self.distill_data == "synthetic" else 0)
 
     def resolved(self, compression: Compression) -> RunSpec:
         """This run with the β, max_ratio, max_merges and allocation a compression ran with (a budget's)."""
@@ -118,6 +127,8 @@ class RunSpec:
                 value = value if self.method == "random" else None
             elif name == "allocation":
                 value = value if self.target_params is not None else None
+            elif name in ("distill_images", "distill_data"):
+                value = value if self.distill else None
             elif name == "data_root":
                 value = str(Path(value).resolve()) if self.evaluates else None
             out[name] = value
@@ -164,17 +175,17 @@ def spec_options(args: argparse.Namespace, spec_type: type = RunSpec) -> dict:
 FLAGS = {"beta": "--threshold", "max_ratio": "--max_ratio", "target_params": "--target_params",
          "synthetic_bn": "--synthetic_bn", "max_merges": "--max_merges", "correction": "--bn_correction",
          "rule": "--merge_rule", "clustering": "--baseline", "allocation": "--allocation", "order": "--order",
-         "dtype": "--dtype", "bn_mode": "--bn_mode", "stages": "--stages"}
+         "dtype": "--dtype", "bn_mode": "--bn_mode", "stages": "--stages", "distill": "--distill",
+         "distill_images": "--distill_images"}
 
 
 def as_flags(message: str) -> str:
     """A library message with its parameter names as the command line's flags (``beta`` -> ``--threshold``)."""
     head, sep, rest = message.partition(" ")
-    if head in FLAGS:  # the parameter's name stays beside its flag: "--threshold (beta) must lie in ..."
-        message = f"{FLAGS[head]} ({head})" if FLAGS[head] != f"--{head}" else FLAGS[head]
-        message += sep + rest
-    return re.sub(r"(?<![-\w])(max_ratio|target_params|synthetic_bn|max_merges)(?!\w)", lambda m: FLAGS[m[1]],
-                  message)
+    if head in FLAGS:  # β keeps its name beside the official flag: "--threshold (beta) must lie in ..."
+        message = (f"{FLAGS[head]} ({head})" if head == "beta" else FLAGS[head]) + sep + rest
+    names = "max_ratio|target_params|synthetic_bn|max_merges|distill_images"
+    return re.sub(rf"(?<![-\w])({names})(?!\w)", lambda m: FLAGS[m[1]], message)
 
 
 @dataclass(frozen=True)

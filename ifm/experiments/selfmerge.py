@@ -95,6 +95,23 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
                        "--data_root (without --no_eval), or --synthetic_bn N for data-free images")
     if spec.allocation != "ifm" and spec.target_params is None:
         raise IFMError(f"--allocation {spec.allocation} applies with --target_params P; give the budget too")
+    validate_distillation(spec)
+
+
+def validate_distillation(spec: RunSpec) -> None:
+    """``--distill``'s checks: images to distil on, data when they are real, a merged model to train."""
+    if not spec.distill:
+        return
+    if spec.method in PRUNINGS:
+        raise IFMError(f"--distill trains merged models; --baseline {spec.method} prunes: drop one of them")
+    if spec.distill_data == "real":
+        if not spec.distill_images:
+            raise IFMError("--distill_data real needs --distill_images N, the number of training images to distil on")
+        if not spec.evaluates:
+            raise IFMError("--distill_data real distils on training images: give --data_root (without --no_eval)")
+    elif not spec.compression("official").images_needed:
+        raise IFMError(f"--distill {spec.distill} needs images: give --distill_images N (synthesised from the "
+                       "original network) or --synthetic_bn N, or --distill_data real --distill_images N")
 
 
 def baseline_cache(options: RunOptions) -> Path:
@@ -113,17 +130,21 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
     if spec.evaluates and evaluator is None:
         evaluator = Evaluator(loaded, spec, options, device)  # fails on a bad data root before any work
     original = loaded.model
-    images = cached = calibration = None
-    if spec.synthetic_bn:
-        images, cached = synthetic_calibration(original, loaded.arch.input_size, loaded.digest, spec.synthetic_bn,
-                                               options.results, device, options.progress)
-    elif spec.recalibrate_bn:
-        calibration = list(evaluator.train_batches(spec.recalibrate_bn))
-    pruning = spec.method in PRUNINGS  # pruned at the widths of the IFM run, then re-estimated the same way
+    images = cached = calibration = distill_inputs = None
     compression = spec.compression(loaded.merge_rule)
+    n_images = compression.images_needed
+    if n_images:
+        images, cached = synthetic_calibration(original, loaded.arch.input_size, loaded.digest, n_images,
+                                               options.results, device, options.progress)
+    if spec.recalibrate_bn:
+        calibration = list(evaluator.train_batches(spec.recalibrate_bn))
+    if spec.distill and spec.distill_data == "real":
+        distill_inputs = torch.cat([b[0] for b in evaluator.train_batches(spec.distill_images)]).cpu()
+    pruning = spec.method in PRUNINGS  # pruned at the widths of the IFM run, then re-estimated the same way
     done = compress(loaded.arch, compression.replace(synthetic_bn=0) if pruning else compression,
                     state_dict=loaded.state_dict, graph=loaded.graph, images=images,
-                    calibration=None if pruning else calibration, device=device, progress=options.progress)
+                    calibration=None if pruning else calibration, distill_inputs=distill_inputs, device=device,
+                    progress=options.progress)
     spec = spec.resolved(done.compression)
     merged_states = [done.state_dict]
     if pruning:
@@ -133,11 +154,15 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
             merged_states = [reestimate_statistics(loaded.arch, s, batches, device) for s in merged_states]
     merged = done.model if not pruning else model_for_state_dict(loaded.arch, merged_states[0])
     record = make_record(loaded, spec, done.merge, original, merged, device)
-    if spec.synthetic_bn:
-        record["synthesis"] = {"images": spec.synthetic_bn, "iterations": images.iterations, "cached": cached,
+    if images is not None:
+        record["synthesis"] = {"images": n_images, "iterations": images.iterations, "cached": cached,
                                "seconds": images.seconds, "start_loss": images.start_loss,
                                "final_loss": images.final_loss, "path": str(synthetic_images_path(
-                                   options.results, loaded.digest, spec.synthetic_bn))}
+                                   options.results, loaded.digest, n_images))}
+    if done.distillation is not None:
+        d = done.distillation
+        record["distillation"] = {"steps": d.steps, "images": d.images, "data": spec.distill_data,
+                                  "start_loss": d.start_loss, "final_loss": d.final_loss, "seconds": d.seconds}
     if done.budget is not None:
         record["budget_probes"] = done.budget.probes
     if spec.evaluates:
@@ -195,6 +220,9 @@ def format_record(record: dict) -> str:
              + (f"  BN re-estimated on {record['synthetic_bn']} synthetic images" if record.get("synthetic_bn") else "")
              + (f"  BN re-estimated on {record['recalibrate_bn']} training images" if record.get("recalibrate_bn")
                 else "")
+             + (f"  distilled {record['distillation']['steps']} steps on {record['distillation']['images']} "
+                f"{record['distillation']['data']} images (loss {record['distillation']['start_loss']:.3g} → "
+                f"{record['distillation']['final_loss']:.3g})" if record.get("distillation") else "")
              + (f"  budget {record['target_params']:g}% ({record['allocation']} allocation)"
                 if record.get("target_params") is not None else ""),
              f"{'':10s}{'before':>16s}{'after':>16s}{'%':>9s}",

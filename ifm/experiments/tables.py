@@ -50,7 +50,11 @@ def paper_scale(measured: Path) -> str:
 
 
 def frontier(measured: Path, methods: tuple[str, ...] | None = None, folder: str = "frontier_vgg11") -> str:
-    """An accuracy-vs-parameters frontier (``<folder>/weights/frontier.csv``; by default the shared VGG11's)."""
+    """An accuracy-vs-parameters frontier (``<folder>/weights/frontier.csv``; by default the shared VGG11's); one
+    "withdrawn" line while only a ``WRONG_channels_last/`` copy is there (merged by the channels-last bug)."""
+    if not (measured / folder / "weights").is_dir() and (measured / folder / "WRONG_channels_last").is_dir():
+        return ("| method | accuracy |\n|---|---|\n| every method | withdrawn: the checkpoint was stored channels-last "
+                "and merged wrongly (kept in `WRONG_channels_last/`); to be recomputed on an fp32 checkpoint |")
     rows = _rows(measured / folder / "weights" / "frontier.csv")
     curves: dict[str, list[dict]] = {}
     for r in rows:
