@@ -59,9 +59,9 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
 
 def distill_model(student: nn.Module, teacher: nn.Module, images: Tensor, steps: int, seed: int = 0,
-            lr: float = LEARNING_RATE, batch_size: int = BATCH, temperature: float = TEMPERATURE,
-            augment: bool = True, device: torch.device | str = "cpu",
-            progress: Callable[[int, int, float], None] | None = None) -> Distillation:
+                  lr: float = LEARNING_RATE, batch_size: int = BATCH, temperature: float = TEMPERATURE,
+                  augment: bool = True, device: torch.device | str = "cpu",
+                  progress: Callable[[int, int, float], None] | None = None) -> Distillation:
     """Train ``student`` in place for ``steps`` steps to match ``teacher`` on ``images`` (``(n, C, H, W)``, the
     networks' input space), batches of ``batch_size`` drawn at random (seeded) and augmented; both networks' BN in
     eval mode, the teacher unchanged. ``progress(step, total, loss)`` after every step."""

@@ -4,9 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (scripts/test.sh): one thread each, and their
-    os.environ["OMP_NUM_THREADS"] = "1"     # subprocesses too, so that the workers share the cores, not oversubscribe
-
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +12,8 @@ import models
 from ifm import channel_groups
 from ifm.experiments.planted import copy_channel
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (scripts/test.sh): one thread each, and their
+    os.environ["OMP_NUM_THREADS"] = "1"     # subprocesses too, so that the workers share the cores, not oversubscribe
     torch.set_num_threads(1)
 
 

@@ -224,6 +224,7 @@ def _run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complet
 #: the cases that run in a fresh Python process (one per kind of entry point)
 IN_A_PROCESS = {"missing checkpoint", "beta outside (0, 1)", "missing data root", "--results under /proc",
                 "lr < 0", "reproduce_cifar10 --out is a file", "fig2a --layers x", "sweep --betas 0.1 1.5"}
+assert IN_A_PROCESS <= set(CASES), IN_A_PROCESS - set(CASES)
 
 
 def _run_here(argv: list[str], cwd: Path, monkeypatch) -> subprocess.CompletedProcess:

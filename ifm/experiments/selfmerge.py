@@ -138,8 +138,10 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
                                                options.results, device, options.progress)
     if spec.recalibrate_bn:
         calibration = list(evaluator.train_batches(spec.recalibrate_bn))
-    if spec.distill and spec.distill_data == "real":
-        distill_inputs = torch.cat([b[0] for b in evaluator.train_batches(spec.distill_images)]).cpu()
+    if spec.distill and spec.distill_data == "real":  # (the BN re-estimation's images when they are the same ones)
+        batches = calibration if spec.recalibrate_bn == spec.distill_images else \
+            evaluator.train_batches(spec.distill_images)
+        distill_inputs = torch.cat([b[0] for b in batches]).cpu()
     pruning = spec.method in PRUNINGS  # pruned at the widths of the IFM run, then re-estimated the same way
     done = compress(loaded.arch, compression.replace(synthetic_bn=0) if pruning else compression,
                     state_dict=loaded.state_dict, graph=loaded.graph, images=images,

@@ -23,13 +23,19 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def withdrawn(folder: Path, current: str) -> bool:
+    """Whether ``folder`` holds only withdrawn results: no ``current`` file or folder, and something named
+    ``*WRONG*`` (results merged by code that lost channels-last first-layer merges, kept for the record)."""
+    return not (folder / current).exists() and any(folder.glob("*WRONG*"))
+
+
 def paper_scale(measured: Path) -> str:
     """The paper-scale run (four VGGs): trained accuracy, then accuracy (params kept %) at β 0.01 / 0.03 / 0.05
     with the official BN merge and with BN folded; "withdrawn" while the merges are the wrong ones (a
     ``results_WRONG_*.csv``: checkpoints merged by code that lost channels-last first-layer merges)."""
     folder = measured / "paper_scale_h200_bf16_s0"
     trained = {r["model"]: r["final_test_acc"] for r in _rows(folder / "training.csv")}
-    if not (folder / "results.csv").is_file() and list(folder.glob("results_WRONG_*.csv")):
+    if withdrawn(folder, "results.csv"):
         lines = ["| model | trained (paper) | merged |", "|---|---|---|"]
         lines += [f"| {model} | {float(acc):.2f}{' (93.51)' if model == 'VGG16' else ''} | withdrawn (merged by the "
                   "channels-last bug; checkpoints lost) |" for model, acc in trained.items()]
@@ -52,7 +58,7 @@ def paper_scale(measured: Path) -> str:
 def frontier(measured: Path, methods: tuple[str, ...] | None = None, folder: str = "frontier_vgg11") -> str:
     """An accuracy-vs-parameters frontier (``<folder>/weights/frontier.csv``; by default the shared VGG11's); one
     "withdrawn" line while only a ``WRONG_channels_last/`` copy is there (merged by the channels-last bug)."""
-    if not (measured / folder / "weights").is_dir() and (measured / folder / "WRONG_channels_last").is_dir():
+    if withdrawn(measured / folder, "weights"):
         return ("| method | accuracy |\n|---|---|\n| every method | withdrawn: the checkpoint was stored channels-last "
                 "and merged wrongly (kept in `WRONG_channels_last/`); to be recomputed on an fp32 checkpoint |")
     rows = _rows(measured / folder / "weights" / "frontier.csv")
