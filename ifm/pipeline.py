@@ -82,6 +82,8 @@ class Compression:
         synthetic_bn: re-estimate BN statistics on this many images synthesised from the original network's.
         distill: train the merged network for this many steps to match the original's outputs (0: no).
         distill_images: synthesise this many images to distil on (0: the ``synthetic_bn`` images).
+        synthesis_steps: optimisation steps of the image synthesis (None: :data:`ifm.synthesis.ITERATIONS`, 500);
+            fewer cost proportionally less (200 lose 0.15 points at 25 % of a VGG11's parameters, 2 at 6.3 %).
         stages: ResNet stages to merge (None: the official 3 and 4).
         dtype: ``"float64"`` or ``"float32"`` distance bookkeeping.
     """
@@ -101,11 +103,17 @@ class Compression:
     dtype: Dtype = "float64"
     distill: int = 0
     distill_images: int = 0
+    synthesis_steps: int | None = None
 
     @property
     def images_needed(self) -> int:
         """How many synthesised images the compression uses (BN statistics and distillation together)."""
         return max(self.synthetic_bn, self.distill_images if self.distill else 0)
+
+    @property
+    def synthesis_iterations(self) -> int:
+        """The steps each synthesised image is optimised for."""
+        return self.synthesis_steps or synthesis_.ITERATIONS
 
     def __post_init__(self) -> None:
         if self.stages is not None:
@@ -129,6 +137,8 @@ def check_compression(c: Compression) -> None:
     for name in ("synthetic_bn", "distill", "distill_images"):
         if getattr(c, name) < 0:
             raise ValueError(f"{name} must be 0 or more, got {getattr(c, name)}")
+    if c.synthesis_steps is not None and c.synthesis_steps < 1:
+        raise ValueError(f"synthesis_steps must be 1 or more, got {c.synthesis_steps}")
     if c.clustering == "kmeans" and c.target_params is None and c.max_ratio >= 1.0:
         raise ValueError("clustering kmeans merges the same share of every group: give max_ratio below 1 (e.g. 0.5) or "
                          "target_params")
@@ -303,6 +313,9 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
     if compression.distill and distill_inputs is None and not compression.images_needed:
         raise ValueError("distill needs images to distil on: give distill_images (or synthetic_bn) for synthesised "
                          "ones, or distill_inputs")
+    if images is not None and images.iterations != compression.synthesis_iterations:
+        raise ValueError(f"images were synthesised in {images.iterations} steps; the compression asks for "
+                         f"synthesis_steps={compression.synthesis_iterations}")
     if images is not None and len(images.images) < compression.images_needed:
         raise ValueError(f"images holds {len(images.images)} synthesised images; the compression needs "
                          f"{compression.images_needed}")
@@ -321,7 +334,7 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
     synthesised = c.synthetic_bn or (c.distill and distill_inputs is None)
     if synthesised:
         synthesis = images or synthesis_.synthesize_images(original.to(device), arch.input_size, c.images_needed,
-                                                           iterations=synthesis_.ITERATIONS, device=device)
+                                                           iterations=c.synthesis_iterations, device=device)
     if c.synthetic_bn:
         merged = reestimate_statistics(arch, merged, synthetic_batches(synthesis.images[:c.synthetic_bn]), device)
     elif calibration is not None:

@@ -55,10 +55,12 @@ def statistics_loss(observed: list[tuple[nn.modules.batchnorm._BatchNorm, Tensor
 
 def synthesize_images(model: nn.Module, input_size: tuple[int, ...], n: int, seed: int = 0,
                       iterations: int = ITERATIONS, lr: float = LEARNING_RATE, device: torch.device | str = "cpu",
-                      progress: Callable[[int, int, float], None] | None = None) -> SyntheticImages:
+                      progress: Callable[[int, int, float], None] | None = None, chunk: int = CHUNK
+                      ) -> SyntheticImages:
     """``n`` inputs of shape ``input_size`` whose BN statistics in ``model`` (kept in eval mode, unchanged) match
     the stored ones: Adam on the inputs, ``lr`` decayed to 0 by a cosine over ``iterations`` steps, in chunks of
-    :data:`CHUNK` images. ``progress(step, total, loss)`` is called after every step."""
+    ``chunk`` images (each chunk's batch statistics matched). ``progress(step, total, loss)`` is called after
+    every step."""
     if n <= 0:
         raise ValueError(f"the number of synthetic images must be positive, got {n}")
     norms = batch_norm_layers(model)
@@ -74,7 +76,7 @@ def synthesize_images(model: nn.Module, input_size: tuple[int, ...], n: int, see
     hooks = [bn.register_forward_pre_hook(lambda mod, inp: observed.append((mod, inp[0]))) for bn in norms]
     generator = torch.Generator().manual_seed(seed)
     chunks, losses, start = [], [], time.perf_counter()
-    sizes = [min(CHUNK, n - k) for k in range(0, n, CHUNK)]
+    sizes = [min(chunk, n - k) for k in range(0, n, chunk)]
     try:
         for index, size in enumerate(sizes):
             x = torch.randn(size, *input_size, generator=generator).to(device).requires_grad_(True)

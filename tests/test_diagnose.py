@@ -193,3 +193,9 @@ def test_a_training_followed_epoch_by_epoch(cifar_root, tmp_path, monkeypatch, c
     assert (tmp_path / "out" / "sweeps.png").stat().st_size > 0
     with pytest.raises(IFMError, match="no checkpoint of epoch 3"):
         sweep_epochs("VGG11", run_dir, [3], tmp_path / "out", str(cifar_root))
+
+
+def test_epoch_figures_are_titled_by_the_training_run():
+    from ifm.experiments.epochs import run_title
+    assert run_title("VGG16", "runs/long_vgg16/checkpoints/VGG16") == "VGG16, long_vgg16"
+    assert run_title("VGG16", "somewhere/my_run") == "VGG16, my_run"

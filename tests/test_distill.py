@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ from ifm import (Compression, build_groups, chain_spaces, compress, iterative_fe
                  slim_model)
 from ifm.distill import augmented, distill_model, distillation_loss
 from ifm.experiments.arguments import cli
-from ifm.experiments.compare import methods
-from ifm.experiments.run import RunSpec
+from ifm.experiments.compare import FAMILIES, check_frontier, frontier_styles, methods, write_frontier
+from ifm.experiments.run import RunOptions, RunSpec
 from ifm.experiments.io import read_jsonl
 from ifm.synthesis import SyntheticImages
 from ifm.experiments.planted import copy_channel
@@ -160,3 +161,60 @@ def test_the_frontier_adds_distilled_rows_and_a_real_data_reference_only_when_as
     assert len(real) == 1 and real[0].uses_data and real[0].spec.distill_images == 2000
     assert all(m.spec.synthetic_bn == 64 for m in distilled if m not in real)
     assert not [m for m in methods(spec.replace(distill=0)) if m.spec.distill]
+
+
+def test_the_distilled_rows_run_only_at_the_budgets_asked():
+    spec = RunSpec(arch="VGG11", model_param="vgg11.pt", data_root="data", distill=300)
+    compared = methods(spec, synthetic=64, recalibrate=2000, distill_budgets=[25])
+    runs = check_frontier(RunOptions(), [56, 25], compared)
+    distilled = {(m.label, r.target_params) for m, r in runs if r.distill}
+    assert distilled and {b for _, b in distilled} == {25.0}
+    assert {r.target_params for m, r in runs if not r.distill} == {56.0, 25.0}
+
+
+def test_every_frontier_curve_has_a_style_of_its_own_and_its_family_colour():
+    spec = RunSpec(arch="VGG11", model_param="vgg11.pt", data_root="data", distill=300)
+    compared = methods(spec, synthetic=64, recalibrate=2000)
+    styles = frontier_styles(compared)
+    assert set(styles) == {m.label for m in compared}
+    drawn = [(s["color"], str(s["linestyle"])) for s in styles.values()]
+    assert len(set(drawn)) == len(drawn)  # no two curves look alike (β allocation vs L1 pruning once did)
+    assert len({s["marker"] for s in styles.values()}) == len(styles)
+    for family in {m.family for m in compared}:
+        assert len({styles[m.label]["color"] for m in compared if m.family == family}) == 1
+
+
+def test_the_short_frontier_figure_draws_the_headline_methods_only(tmp_path, monkeypatch):
+    from ifm.experiments import compare
+    spec = RunSpec(arch="VGG11", model_param="vgg11.pt", data_root="data", distill=300)
+    compared = methods(spec, synthetic=64, recalibrate=2000)
+    curves = {m.label: [{"target_params": 25.0, "params_pct": 25.0, "acc_after": 50.0 + i, "acc_before": 83.0}]
+              for i, m in enumerate(compared)}
+    drawn = {}
+    monkeypatch.setattr(compare, "plot_frontier", lambda c, path, styles, **kw: drawn.setdefault(path.name, set(c)))
+    table, figure, short = write_frontier(curves, compared, tmp_path, "t")
+    assert drawn["frontier.png"] == set(curves)
+    assert drawn["frontier_short.png"] == {m.label for m in compared if m.headline}
+    assert {"IFM (β allocation)", "k-means + BN re-estimated on 64 synthetic images"} <= drawn["frontier_short.png"]
+    assert len(drawn["frontier_short.png"]) == 6  # the paper's IFM, best repairs, distillation, two references
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    assert {r["family"] for r in rows} == set(FAMILIES) and sum(r["headline"] == "True" for r in rows) == 6
+
+
+def test_compare_methods_resumes_and_replots_without_running(tiny_checkpoints, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_methods
+    results, out = tmp_path / "c.jsonl", tmp_path / "fig"
+    base = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--no_eval", "--no_progress",
+            "--synthetic", "0", "--recalibrate", "0", "--seeds", "1", "--results", str(results), "--out", str(out)]
+    assert compare_methods.main(base + ["--budgets", "50"]) in (0, None)
+    first = len(list(read_jsonl(results)))
+    assert compare_methods.main(base + ["--budgets", "50", "30", "--replot"]) in (0, None)
+    assert len(list(read_jsonl(results))) == first  # nothing run
+    rows = list(csv.DictReader((out / "frontier.csv").read_text().splitlines()))
+    assert {r["target_params"] for r in rows} == {"50.0"} and len(rows) == first
+    assert (out / "frontier.png").is_file() and (out / "frontier_short.png").is_file()
+    assert compare_methods.main(base + ["--budgets", "50", "30"]) in (0, None)
+    assert len(list(read_jsonl(results))) == 2 * first  # only the new budget's runs

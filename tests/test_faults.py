@@ -197,6 +197,13 @@ CASES: dict[str, tuple[Callable[[Work], list[str]], str]] = {
                                   "--save_merged /proc/ifm/m.pt cannot be written"),
     "reproduce_cifar10 --out under /proc": (lambda w: [REPRODUCE_CIFAR10, "--data_root", "cifar", "--profile", "smoke",
                                                        "--out", "/proc/ifm"], "--out /proc/ifm cannot be written"),
+    "compare_methods --distill_budgets without --distill": (
+        lambda w: [COMPARE, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--data_root", "cifar", "--no_progress",
+                   "--results", "c.jsonl", "--distill_budgets", "25"], "--distill_budgets needs --distill STEPS"),
+    "compare_methods --distill_budgets outside --budgets": (
+        lambda w: [COMPARE, "--vgg_name", "VGG11", "--model_param", "vgg.pt", "--data_root", "cifar", "--no_progress",
+                   "--results", "c.jsonl", "--budgets", "50", "--distill", "5", "--synthetic", "8",
+                   "--distill_budgets", "25"], "--distill_budgets must be among --budgets"),
     "compare_methods --out under /proc": (lambda w: [COMPARE, "--vgg_name", "VGG11", "--model_param", "vgg.pt",
                                                      "--data_root", "cifar", "--no_progress", "--results", "c.jsonl",
                                                      "--out", "/proc/ifm"], "--out /proc/ifm/frontier.csv cannot"),

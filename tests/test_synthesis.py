@@ -1,4 +1,6 @@
 """Data-free calibration images synthesised from BN statistics, and --synthetic_bn (beyond the paper)."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -135,3 +137,31 @@ def test_cli_synthetic_bn_records_caches_and_saves(tiny_checkpoints, cifar_root,
                                            (["--synthetic_bn", "8", "--recalibrate_bn", "8"], "give one of them")])
 def test_cli_synthetic_bn_bad_input(extra, message, tiny_checkpoints, tmp_path, capsys):
     refused_in_one_line(tiny_checkpoints["VGG11"], extra, message, tmp_path / "r.jsonl", capsys)
+
+
+def test_bench_synthesis_prints_a_cost_and_ratio_per_variant(tiny_checkpoints, capsys):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_synthesis
+    bench_synthesis.main(["--model_param", str(tiny_checkpoints["VGG11"]), "--chunks", "8", "64", "--steps", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("64", "contiguous"), ("8", "contiguous"), ("64", "channels-last")]
+    assert rows[0][-1] == "1.00" and all(float(r[3]) > 0 and float(r[-1]) > 0 for r in rows)
+
+
+def test_cli_synthesis_steps_are_used_recorded_and_cached_apart(tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("ifm.synthesis.ITERATIONS", 9)  # the library's default, smoke-sized
+    results = tmp_path / "r.jsonl"
+    base = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--no_eval", "--threshold", "0.6",
+            "--results", str(results), "--no_progress", "--synthetic_bn", "8"]
+    assert cli("cifar10", "vgg", base + ["--synthesis_steps", "3"]) == 0
+    assert cli("cifar10", "vgg", base) == 0
+    fewer, default = read_jsonl(results)
+    assert fewer["synthesis"]["iterations"] == 3 and fewer["synthesis_steps"] == 3
+    assert default["synthesis"]["iterations"] == 9 and default["synthesis_steps"] is None
+    assert fewer["synthesis"]["final_loss"] != default["synthesis"]["final_loss"]
+    assert sorted(p.name.split("_", 1)[1] for p in (tmp_path / "synthetic_images").iterdir()) == ["n8_it3.pt",
+                                                                                                  "n8_it9.pt"]
+    capsys.readouterr()
+    refused_in_one_line(tiny_checkpoints["VGG11"], ["--synthetic_bn", "8", "--synthesis_steps", "0"],
+                        "--synthesis_steps must be 1 or more", tmp_path / "bad.jsonl", capsys)

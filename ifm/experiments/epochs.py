@@ -70,7 +70,7 @@ def diagnose_epochs(arch: str, run_dir: str | Path, out: str | Path, data_root: 
             f"{sum(r.dead_relu or 0 for r in rows)}")
     rows = sorted(read_jsonl(path), key=lambda r: r["epoch"])
     write_csv(out / "epochs.csv", list(rows[0]), [[r.get(k) for k in rows[0]] for r in rows])
-    plot_epochs(rows, out / "epochs.png", title=f"{arch}, {Path(run_dir).name}")
+    plot_epochs(rows, out / "epochs.png", title=run_title(arch, run_dir))
     return rows
 
 
@@ -104,6 +104,14 @@ def plot_epochs(rows: Sequence[dict], path: str | Path, title: str = "", milesto
     return save_figure(fig, path)
 
 
+def run_title(arch: str, run_dir: str | Path) -> str:
+    """``arch, <run>`` for a figure: the training's folder (``<run>/checkpoints/<arch>`` names the run above)."""
+    path = Path(run_dir)
+    if path.name == arch and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    return f"{arch}, {path.name}"
+
+
 def sweep_epochs(arch: str, run_dir: str | Path, epochs: Sequence[int], out: str | Path, data_root: str,
                  bn_modes: Sequence[str] = ("official", "fold", "repaired"), betas: Sequence[float] | None = None,
                  eval_samples: int | None = None, device: str | None = None,
@@ -135,7 +143,7 @@ def sweep_epochs(arch: str, run_dir: str | Path, epochs: Sequence[int], out: str
             curves[(epoch, mode)] = sorted(records, key=lambda r: r["beta"])
             rows.append(_sweep_row(epoch, mode, records, largest_beta_within(records)))
     write_csv(Path(out) / "sweeps.csv", list(rows[0]), [list(r.values()) for r in rows])
-    plot_sweeps(curves, Path(out) / "sweeps.png", title=f"{arch}, {Path(run_dir).name}")
+    plot_sweeps(curves, Path(out) / "sweeps.png", title=run_title(arch, run_dir))
     return rows
 
 

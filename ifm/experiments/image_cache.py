@@ -9,24 +9,24 @@ from typing import Sequence
 
 import torch
 
-from .. import synthesis
 from ..synthesis import SyntheticImages, synthesize_images
 from .io import atomic_write
 
 Tensor = torch.Tensor
 
 
-def synthetic_images_path(results: str | Path, digest: str, n: int) -> Path:
-    """Where the ``n`` images synthesised for the checkpoint with ``digest`` are kept, beside ``results``."""
-    return Path(results).parent / "synthetic_images" / f"{digest[:16]}_n{n}_it{synthesis.ITERATIONS}.pt"
+def synthetic_images_path(results: str | Path, digest: str, n: int, steps: int) -> Path:
+    """Where the ``n`` images synthesised in ``steps`` steps for the checkpoint with ``digest`` are kept, beside
+    ``results``."""
+    return Path(results).parent / "synthetic_images" / f"{digest[:16]}_n{n}_it{steps}.pt"
 
 
 def synthetic_calibration(model: torch.nn.Module, input_size: Sequence[int], digest: str, n: int,
-                          results: str | Path, device: torch.device, progress: bool = False
+                          results: str | Path, device: torch.device, steps: int, progress: bool = False
                           ) -> tuple[SyntheticImages, bool]:
-    """The ``n`` calibration images of the original ``model`` (read from the cache beside ``results``, or made and
-    written there atomically); and whether they came from the cache."""
-    path = synthetic_images_path(results, digest, n)
+    """The ``n`` calibration images of the original ``model``, synthesised in ``steps`` steps (read from the cache
+    beside ``results``, or made and written there atomically); and whether they came from the cache."""
+    path = synthetic_images_path(results, digest, n, steps)
     if path.is_file():
         return SyntheticImages(**torch.load(path, map_location="cpu")), True
     bar = None
@@ -40,7 +40,7 @@ def synthetic_calibration(model: torch.nn.Module, input_size: Sequence[int], dig
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     try:
-        made = synthesize_images(model.to(device), tuple(input_size), n, iterations=synthesis.ITERATIONS,
+        made = synthesize_images(model.to(device), tuple(input_size), n, iterations=steps,
                                  device=device, progress=report if progress else None)
     finally:
         if bar is not None:

@@ -104,28 +104,34 @@ def plot_accuracy_vs_params(curves: Mapping[str, Sequence[dict]], path: str | Pa
     return save_figure(fig, path)
 
 
-def plot_frontier(curves: Mapping[str, Sequence[dict]], path: str | Path, title: str = "",
-                  dotted: frozenset[str] | set[str] = frozenset()) -> Path:
-    """Accuracy against remaining parameters, one curve per method (``dotted``: references that use data), the
-    original accuracy as a grey dashed line."""
+def plot_frontier(curves: Mapping[str, Sequence[dict]], path: str | Path, styles: Mapping[str, Mapping],
+                  title: str = "", legend_below: bool = False) -> Path:
+    """Accuracy against remaining parameters, one curve per method drawn with ``styles[label]`` (matplotlib line
+    keywords: colour, line style, marker), the original accuracy as a grey dashed line."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    before = None
+    fig, ax = plt.subplots(figsize=(7, 5.6) if legend_below else (8, 4.8))
+    before, shown = None, []
     for label, records in curves.items():
         points = sorted((r["params_pct"], r["acc_after"], r.get("acc_after_std") or 0.0) for r in records
                         if r.get("acc_after") is not None)
         if not points:
             continue
         xs, ys, err = zip(*points)
-        line, = ax.plot(xs, ys, marker="o", markersize=4, label=label, linestyle=":" if label in dotted else "-")
+        shown += ys
+        line, = ax.plot(xs, ys, markersize=5, label=label, **styles[label])
         if any(err):
             ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=line.get_color(), capsize=3)
         before = next((r["acc_before"] for r in records if r.get("acc_before") is not None), before)
     if before is not None:
-        ax.axhline(before, color="gray", linestyle="--", linewidth=0.8, label="original accuracy")
+        ax.axhline(before, color="tab:red", linestyle=(0, (8, 4)), linewidth=0.9, label="original accuracy")
     ax.set(xlabel="remaining parameters (%)", ylabel="test accuracy (%)", title=title)
     ax.set_xlim(0, 105)
-    ax.set_ylim(0, 100)
+    if legend_below:  # the few headline curves: the accuracy range they span
+        include_with_margin(ax, [*shown, before])
+    else:
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if ax.get_legend_handles_labels()[0]:  # (nothing evaluated: no curve to name)
+        ax.legend(**(dict(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False) if legend_below
+                     else dict(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))))
     return save_figure(fig, path)

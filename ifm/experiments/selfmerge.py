@@ -86,8 +86,6 @@ def validate(spec: RunSpec, options: RunOptions) -> None:
         raise IFMError(f"--seeds must be positive, got {spec.seeds}")
     if spec.recalibrate_bn < 0:
         raise IFMError(f"--recalibrate_bn must be 0 or more, got {spec.recalibrate_bn}")
-    if spec.synthetic_bn < 0:
-        raise IFMError(f"--synthetic_bn must be 0 or more, got {spec.synthetic_bn}")
     if spec.synthetic_bn and spec.recalibrate_bn:
         raise IFMError("--synthetic_bn and --recalibrate_bn both re-estimate the BN statistics: give one of them")
     if spec.recalibrate_bn and not spec.evaluates:
@@ -135,7 +133,8 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
     n_images = compression.images_needed
     if n_images:
         images, cached = synthetic_calibration(original, loaded.arch.input_size, loaded.digest, n_images,
-                                               options.results, device, options.progress)
+                                               options.results, device, compression.synthesis_iterations,
+                                               options.progress)
     if spec.recalibrate_bn:
         calibration = list(evaluator.train_batches(spec.recalibrate_bn))
     if spec.distill and spec.distill_data == "real":  # (the BN re-estimation's images when they are the same ones)
@@ -160,7 +159,7 @@ def run_self_merge(spec: RunSpec, options: RunOptions, loaded: LoadedModel | Non
         record["synthesis"] = {"images": n_images, "iterations": images.iterations, "cached": cached,
                                "seconds": images.seconds, "start_loss": images.start_loss,
                                "final_loss": images.final_loss, "path": str(synthetic_images_path(
-                                   options.results, loaded.digest, n_images))}
+                                   options.results, loaded.digest, n_images, images.iterations))}
     if done.distillation is not None:
         d = done.distillation
         record["distillation"] = {"steps": d.steps, "images": d.images, "data": spec.distill_data,

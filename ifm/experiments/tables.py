@@ -77,7 +77,8 @@ README_FRONTIER = ("IFM (uniform widths)", "IFM (uniform widths) + correction (w
                    "IFM (uniform widths, mean rule) + correction (rows)",
                    "IFM (uniform widths, mean rule) + BN re-estimated on 64 synthetic images",
                    "k-means + correction (weights)", "k-means + BN re-estimated on 64 synthetic images",
-                   "IFM (uniform) + BN re-estimated on 2000 training images")
+                   "IFM (uniform) + BN re-estimated on 2000 training images",
+                   "IFM (uniform widths, mean rule) + 64 synthetic images + distillation (500 steps, 64 images)")
 
 
 def controls(measured: Path) -> str:
