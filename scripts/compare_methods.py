@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ifm.experiments.cli import cli_main  # noqa: E402
-from ifm.experiments.compare import PAPER_BUDGETS, check_frontier, format_frontier, frontier, methods, write_frontier  # noqa: E402
+from ifm.experiments.compare import PAPER_BUDGETS, format_frontier, frontier, methods, write_frontier  # noqa: E402
 from ifm.errors import IFMError  # noqa: E402
 from ifm.experiments.io import atomic_write, writable_location  # noqa: E402
 from ifm.experiments.run import from_args  # noqa: E402
@@ -58,7 +58,6 @@ def compare(args: argparse.Namespace) -> None:
     if args.distill_budgets and not set(args.distill_budgets) <= set(args.budgets):
         raise IFMError(f"--distill_budgets must be among --budgets {args.budgets}; got {args.distill_budgets}")
     compared = methods(spec, args.estimator, args.recalibrate, args.synthetic, args.distill_budgets)
-    check_frontier(options, args.budgets, compared)
     curves = frontier(spec, options, args.budgets, compared, run_missing=not args.replot)
     table, figure, short = write_frontier(curves, compared, args.out, f"{spec.arch}: accuracy vs parameters kept")
     text = format_frontier(curves, args.budgets)

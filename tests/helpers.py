@@ -1,11 +1,23 @@
 """Small generated models and weights for the tests (no data, no downloads)."""
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Callable, Iterable
 
 import pytest
 import torch
 from torch import nn
+
+
+def script(name: str) -> ModuleType:
+    """The entry script ``scripts/<name>.py`` as a module, to call its ``main(argv)`` in the test's process."""
+    folder = str(Path(__file__).resolve().parents[1] / "scripts")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def randomize_bn(state_dict: dict, generator: torch.Generator) -> dict:

@@ -3,7 +3,6 @@ never positive on data."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from ifm.experiments.diagnose import (batchnorm_mismatch, count_never_positive, 
                                       self_distance_residues)
 from ifm.experiments.io import read_jsonl
 from ifm.experiments.planted import copy_channel
+from tests.helpers import script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,7 @@ def _reproduce_on_constructed(tmp_path, cifar_root, command: str, images: int, o
     """``reproduce.py COMMAND`` on the constructed checkpoint, reading ``images`` training images."""
     sd, _ = _constructed()
     torch.save(sd, tmp_path / "c.pt")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import reproduce
+    reproduce = script("reproduce")
     return reproduce.main([command, "--arch", "VGG11", "--model_param", str(tmp_path / "c.pt"), "--data_root",
                            str(cifar_root), "--images", str(images), "--out", str(tmp_path / out), "--no_progress"])
 
@@ -150,8 +149,7 @@ def test_controls_say_what_moved_beyond_the_seed_spread(tmp_path, capsys):
     base = _reproduction(tmp_path / "base", 79.0, 90.0, 80.0, 0.2)
     fp32 = _reproduction(tmp_path / "fp32", 79.5, 70.0, 80.5, 0.1)
     seed = _reproduction(tmp_path / "s1", 78.0, 88.0, 79.0, 0.25)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import reproduce
+    reproduce = script("reproduce")
     assert reproduce.main(["controls", "--run", "base", str(base), "baseline", "--run", "fp32", str(fp32), "fp32",
                            "--run", "s1", str(seed), "seed 1", "--seed_run", "s1", "--out", str(tmp_path / "c")]) == 0
     summary = (tmp_path / "c" / "summary.md").read_text()

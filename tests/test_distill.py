@@ -17,7 +17,7 @@ from ifm.experiments.run import RunOptions, RunSpec
 from ifm.experiments.io import read_jsonl
 from ifm.synthesis import SyntheticImages
 from ifm.experiments.planted import copy_channel
-from tests.helpers import plain_cnn, refused_in_one_line
+from tests.helpers import plain_cnn, refused_in_one_line, script
 
 
 def _outputs(model, x):
@@ -202,10 +202,7 @@ def test_the_short_frontier_figure_draws_the_headline_methods_only(tmp_path, mon
 
 
 def test_compare_methods_resumes_and_replots_without_running(tiny_checkpoints, tmp_path, capsys):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import compare_methods
+    compare_methods = script("compare_methods")
     results, out = tmp_path / "c.jsonl", tmp_path / "fig"
     base = ["--vgg_name", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--no_eval", "--no_progress",
             "--synthetic", "0", "--recalibrate", "0", "--seeds", "1", "--results", str(results), "--out", str(out)]

@@ -12,6 +12,7 @@ from ifm.experiments.equivalence import (LinearCKA, cluster_correlation, linear_
                              random_pair_correlation)
 from ifm.errors import IFMError
 from ifm.experiments.planted import copy_channel
+from tests.helpers import script
 
 
 def naive_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> float:
@@ -128,10 +129,7 @@ def test_merging_exact_duplicates_with_folded_bn_is_equivalent_everywhere(cifar_
 
 @pytest.mark.slow
 def test_equivalence_command_end_to_end(tiny_checkpoints, cifar_root, tmp_path, capsys):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import reproduce
+    reproduce = script("reproduce")
     argv = ["equivalence", "--arch", "VGG11", "--model_param", str(tiny_checkpoints["VGG11"]), "--data_root",
             str(cifar_root), "--betas", "0.3", "0.6", "--train_samples", "20", "--out", str(tmp_path), "--no_progress"]
     assert reproduce.main(argv) == 0

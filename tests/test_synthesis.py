@@ -1,5 +1,4 @@
 """Data-free calibration images synthesised from BN statistics, and --synthetic_bn (beyond the paper)."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from ifm.experiments.io import read_jsonl
 from ifm.experiments.arguments import cli
 from ifm.experiments.planted import copy_channel
 from ifm.synthesis import synthesize_images
-from tests.helpers import refused_in_one_line
+from tests.helpers import refused_in_one_line, script
 
 #: the data the models' BN statistics are measured on: per-pixel Gaussian, off-centre, channels of unequal scale
 SHIFT, SCALE = torch.tensor([0.8, -0.5, 0.2]).view(1, 3, 1, 1), torch.tensor([3.0, 0.5, 1.5]).view(1, 3, 1, 1)
@@ -140,9 +139,7 @@ def test_cli_synthetic_bn_bad_input(extra, message, tiny_checkpoints, tmp_path, 
 
 
 def test_bench_synthesis_prints_a_cost_and_ratio_per_variant(tiny_checkpoints, capsys):
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import bench_synthesis
+    bench_synthesis = script("bench_synthesis")
     bench_synthesis.main(["--model_param", str(tiny_checkpoints["VGG11"]), "--chunks", "8", "64", "--steps", "1"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [(r[0], r[1]) for r in rows] == [("64", "contiguous"), ("8", "contiguous"), ("64", "channels-last")]

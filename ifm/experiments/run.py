@@ -85,8 +85,9 @@ class RunSpec:
     distill_data: str = option("synthetic", "--distill_data", DISTILL_DATA, "with --distill: synthetic (data-free) "
                                "or real (N training images, an upper bound on what synthesis costs)")
     synthesis_steps: int | None = option(None, "--synthesis_steps", None, "optimisation steps that make each "
-                                         "synthesised image (--synthetic_bn, --distill; default 500): the cost is "
-                                         "proportional; 200 lose 0.15 points at 25 %% of a VGG11, 2 at 6.3 %%",
+                                         "synthesised image (--synthetic_bn, --distill; default "
+                                         f"{synthesis.ITERATIONS}): the cost is proportional; 200 lose 0.15 points "
+                                         "at 25 %% of a VGG11, 2 at 6.3 %%",
                                          metavar="N", type=int)
 
     def __post_init__(self):
