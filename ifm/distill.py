@@ -7,12 +7,18 @@ statistics (:mod:`ifm.synthesis`; data-free, as DeepInversion distils) or on rea
 stay in eval mode: their statistics (re-estimated before, :func:`ifm.pipeline.reestimate_statistics`) are kept,
 and a merge that keeps the function has zero loss and is left unchanged. Gradients are clipped to norm
 :data:`CLIP`.
+
+``mix`` (beyond the issue's plain recipe, off by default) mixes each augmented image with another of its batch
+before both networks see it: ``"mixup"`` blends the two (weight drawn uniformly in [0, 1]), ``"cutmix"`` pastes a
+box of the other (area drawn uniformly). The teacher labels whatever it is shown, so mixed images need no label
+mixing: they are new inputs for free, a cheap stand-in for synthesising more images (measured in
+``measured/distill_*``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,9 @@ MOMENTUM = 0.9
 BATCH = 64
 TEMPERATURE = 4.0
 CLIP = 1.0  # largest gradient norm: BN in eval mode does not normalise the gradients, a few steps could diverge
+
+Mix = Literal["none", "mixup", "cutmix"]  # how each image is mixed with another of its batch (``mixed``)
+MIXES: tuple[str, ...] = get_args(Mix)
 
 
 @dataclass
@@ -52,6 +61,29 @@ def augmented(batch: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor
     return out
 
 
+def mixed(batch: Tensor, generator: torch.Generator, mix: Mix) -> Tensor:
+    """``batch`` with each image mixed with another of the batch (a random permutation): ``"mixup"`` blends them
+    with a weight drawn uniformly in [0, 1] per image, ``"cutmix"`` pastes a box of the other whose share of the
+    area is drawn uniformly (clipped at the border); ``"none"`` returns ``batch``."""
+    if mix == "none" or len(batch) < 2:
+        return batch
+    n, _, h, w = batch.shape
+    other = batch[torch.randperm(n, generator=generator)]
+    share = torch.rand(n, generator=generator)
+    if mix == "mixup":
+        weight = share.view(n, 1, 1, 1).to(batch.dtype)
+        return weight * batch + (1 - weight) * other
+    out = batch.clone()
+    centre = torch.rand(n, 2, generator=generator)
+    for k in range(n):
+        bh, bw = int(h * share[k].sqrt()), int(w * share[k].sqrt())
+        y = int(centre[k, 0] * h) - bh // 2
+        x = int(centre[k, 1] * w) - bw // 2
+        y0, y1, x0, x1 = max(y, 0), min(y + bh, h), max(x, 0), min(x + bw, w)
+        out[k, :, y0:y1, x0:x1] = other[k, :, y0:y1, x0:x1]
+    return out
+
+
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = TEMPERATURE) -> Tensor:
     """KL(teacher ‖ student) of the outputs softened at ``temperature``, times its square (batch mean)."""
     return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature,
@@ -60,15 +92,18 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
 def distill_model(student: nn.Module, teacher: nn.Module, images: Tensor, steps: int, seed: int = 0,
                   lr: float = LEARNING_RATE, batch_size: int = BATCH, temperature: float = TEMPERATURE,
-                  augment: bool = True, device: torch.device | str = "cpu",
+                  augment: bool = True, mix: Mix = "none", device: torch.device | str = "cpu",
                   progress: Callable[[int, int, float], None] | None = None) -> Distillation:
     """Train ``student`` in place for ``steps`` steps to match ``teacher`` on ``images`` (``(n, C, H, W)``, the
-    networks' input space), batches of ``batch_size`` drawn at random (seeded) and augmented; both networks' BN in
-    eval mode, the teacher unchanged. ``progress(step, total, loss)`` after every step."""
+    networks' input space), batches of ``batch_size`` drawn at random (seeded), augmented and ``mix``-ed
+    (:func:`mixed`); both networks' BN in eval mode, the teacher unchanged. ``progress(step, total, loss)`` after
+    every step."""
     if steps < 0:
         raise ValueError(f"distill steps must be 0 or more, got {steps}")
     if steps and len(images) == 0:
         raise ValueError("distillation needs images: synthesised ones (synthetic_bn or distill_images) or real ones")
+    if mix not in MIXES:
+        raise ValueError(f"distill_mix must be one of {', '.join(MIXES)}; got {mix!r}")
     generator = torch.Generator().manual_seed(seed)
     teacher_mode, student_mode = teacher.training, student.training
     teacher.to(device).eval()
@@ -84,7 +119,9 @@ def distill_model(student: nn.Module, teacher: nn.Module, images: Tensor, steps:
         for step in range(steps):
             pick = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=generator)
             batch = images[pick]
-            batch = (augmented(batch, generator) if augment and batch.dim() == 4 else batch).to(device)
+            if batch.dim() == 4:
+                batch = mixed(augmented(batch, generator) if augment else batch, generator, mix)
+            batch = batch.to(device)
             with torch.no_grad():
                 target = teacher(batch)
             loss = distillation_loss(student(batch), target, temperature)

@@ -10,7 +10,7 @@ import torch
 import models
 from ifm import (Compression, build_groups, chain_spaces, compress, iterative_feature_merging, model_for_state_dict,
                  slim_model)
-from ifm.distill import augmented, distill_model, distillation_loss
+from ifm.distill import augmented, distill_model, distillation_loss, mixed
 from ifm.experiments.arguments import cli
 from ifm.experiments.compare import FAMILIES, check_frontier, frontier_styles, methods, write_frontier
 from ifm.experiments.run import RunOptions, RunSpec
@@ -74,12 +74,59 @@ def test_augmentation_crops_and_flips_each_image_alone_and_is_seeded():
     assert all(torch.equal(c[k], batch[k]) or torch.equal(c[k], batch[k].flip(-1)) for k in range(2))
 
 
+def test_mixup_blends_each_image_with_one_other_of_its_batch():
+    batch = torch.rand(6, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    out = mixed(batch, torch.Generator().manual_seed(1), "mixup")
+    assert torch.equal(out, mixed(batch, torch.Generator().manual_seed(1), "mixup"))  # seeded
+    assert not torch.allclose(out, batch)
+    flat, images = out.flatten(1), batch.flatten(1)
+    for k in range(6):  # out[k] = w x_k + (1 - w) x_j for one j and one w in [0, 1], whatever the draws
+        fits = []
+        for j in range(6):
+            d = images[k] - images[j]
+            w = 1.0 if j == k else float((flat[k] - images[j]) @ d / (d @ d))
+            fits.append(0 <= w <= 1 and torch.allclose(w * images[k] + (1 - w) * images[j], flat[k], atol=1e-6))
+        assert any(fits)
+    assert torch.equal(mixed(batch, torch.Generator().manual_seed(1), "none"), batch)
+
+
+def test_cutmix_pastes_one_box_of_another_image():
+    batch = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 2, 8, 8).contiguous()
+    out = mixed(batch, torch.Generator().manual_seed(3), "cutmix")
+    assert not torch.equal(out, batch)
+    for k in range(4):
+        pasted = out[k, 0] != k
+        assert torch.equal(out[k, 0], out[k, 1]) and len(out[k].unique()) <= 2  # one other image, every channel
+        if pasted.any():
+            rows, cols = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
+            box = pasted[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            assert box.all() and int(pasted.sum()) == box.numel()  # a rectangle
+
+
+def test_mixing_keeps_a_kept_function_unchanged_and_changes_a_distillation():
+    torch.manual_seed(0)
+    teacher = plain_cnn(widths=(6, 8, 5)).eval()
+    student = copy.deepcopy(teacher)
+    images = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    assert distill_model(student, teacher, images, steps=5, mix="cutmix").final_loss < 1e-10
+    runs = {}
+    for mix in ("none", "mixup", "cutmix"):
+        damaged, noise = copy.deepcopy(teacher), torch.Generator().manual_seed(5)  # the same damage each time
+        with torch.no_grad():
+            for p in damaged.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=noise))
+        runs[mix] = distill_model(damaged, teacher, images, steps=5, mix=mix).losses
+    assert runs["none"] != runs["mixup"] and runs["none"] != runs["cutmix"] and runs["mixup"] != runs["cutmix"]
+
+
 def test_bad_distillations_are_refused():
     teacher = plain_cnn()
     with pytest.raises(ValueError, match="0 or more"):
         distill_model(copy.deepcopy(teacher), teacher, torch.randn(4, 3, 8, 8), steps=-1)
     with pytest.raises(ValueError, match="needs images"):
         distill_model(copy.deepcopy(teacher), teacher, torch.zeros(0, 3, 8, 8), steps=5)
+    with pytest.raises(ValueError, match="distill_mix must be one of none, mixup, cutmix"):
+        distill_model(copy.deepcopy(teacher), teacher, torch.randn(4, 3, 8, 8), steps=5, mix="blend")
 
 
 def _tiny_vgg(seed: int = 0):
@@ -129,7 +176,12 @@ def test_cli_distillation_reads_no_data_set_records_and_reuses_its_images(tiny_c
     assert "distilled 6 steps on 16 synthetic images" in capsys.readouterr().out
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16"]) == 0
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8"]) == 0
-    first, second, plain = read_jsonl(results)
+    assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16",
+                                         "--distill_mix", "cutmix"]) == 0
+    assert "distilled 6 steps on 16 synthetic images, cutmix" in capsys.readouterr().out
+    first, second, plain, cut = read_jsonl(results)
+    assert cut["distill_mix"] == "cutmix" and first["distill_mix"] is None and cut["synthesis"]["cached"]
+    assert cut["distillation"]["final_loss"] != first["distillation"]["final_loss"]
     assert first["distill"] == 6 and first["distill_images"] == 16 and first["distill_data"] == "synthetic"
     assert plain["distill"] == 0 and plain["distill_images"] is None and "distillation" not in plain
     d = first["distillation"]

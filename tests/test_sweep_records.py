@@ -253,3 +253,17 @@ def test_a_null_field_of_an_older_record_counts_as_its_default():
     assert run_key({**new, "synthetic_bn": None}) == run_key(new) == run_key({k: v for k, v in new.items()
                                                                              if k != "synthetic_bn"})
     assert run_key({**new, "synthetic_bn": 64}) != run_key(new)
+
+
+def test_a_distilled_record_from_before_distill_mix_is_the_unmixed_run():
+    from ifm.experiments.run import RunSpec
+    from ifm.experiments.sweep import run_key
+    head = {"model": "VGG11", "checkpoint": "c", "checkpoint_digest": "d", "eval_samples": 10}
+    spec = RunSpec(arch="VGG11", synthetic_bn=64, distill=500)
+    older = {**head, **spec.record_fields()}
+    del older["distill_mix"]
+    assert spec.record_fields()["distill_mix"] is None  # not written when unused: old frontiers resume
+    assert run_key(older) == run_key({**head, **spec.record_fields()})
+    mixed = {**head, **spec.replace(distill_mix="cutmix").record_fields()}
+    assert mixed["distill_mix"] == "cutmix" and run_key(mixed) != run_key(older)
+    assert RunSpec(arch="VGG11", distill_mix="cutmix").record_fields()["distill_mix"] is None  # no distillation

@@ -93,22 +93,25 @@ def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000, 
                             uniform.replace(recalibrate_bn=recalibrate), data, uses_data=True, headline=True))
     at = tuple(float(b) for b in distill_budgets) if distill_budgets else None
     if steps and synthetic:
-        distilled = dict(synthetic_bn=synthetic, distill=steps, distill_images=spec.distill_images)
-        images = spec.distill_images or synthetic
+        distilled = dict(synthetic_bn=synthetic, distill=steps, distill_images=spec.distill_images,
+                         distill_mix=spec.distill_mix)
+        images = f"{spec.distill_images or synthetic} images" + (f", {spec.distill_mix}" if spec.distill_mix != "none"
+                                                                 else "")
         found += [Method(f"IFM (uniform widths, mean rule) + {synthetic} synthetic images + distillation "
-                         f"({steps} steps, {images} images)", uniform.replace(merge_rule="mean", **distilled), even,
+                         f"({steps} steps, {images})", uniform.replace(merge_rule="mean", **distilled), even,
                          headline=True, budgets=at),
-                  Method(f"k-means + {synthetic} synthetic images + distillation ({steps} steps, {images} images)",
+                  Method(f"k-means + {synthetic} synthetic images + distillation ({steps} steps, {images})",
                          kmeans.replace(**distilled), folding, budgets=at)]
     if steps and recalibrate and spec.evaluates:
         found.append(Method(f"IFM (uniform widths, mean rule) + distillation on {recalibrate} training images "
                             f"({steps} steps)", uniform.replace(merge_rule="mean", recalibrate_bn=recalibrate,
                                                                 distill=steps, distill_data="real",
-                                                                distill_images=recalibrate),
+                                                                distill_images=recalibrate,
+                                                                distill_mix=spec.distill_mix),
                             data, uses_data=True, headline=True, budgets=at))
     if steps and synthetic:  # last: the β allocation merges unevenly, the costliest row to repair
         found.append(Method(f"IFM (β allocation) + {synthetic} synthetic images + distillation ({steps} steps, "
-                            f"{images} images)", base.replace(**distilled), beta, budgets=at))
+                            f"{images})", base.replace(**distilled), beta, budgets=at))
     return found
 
 

@@ -16,6 +16,7 @@ from ..batchnorm import BN_MODES
 from ..budget import ALLOCATIONS
 from ..correction import ESTIMATORS
 from ..merge import DTYPES, ORDERS
+from ..distill import MIXES
 from ..pipeline import CLUSTERINGS, DISTILL_DATA, RULE_CHOICES, Compression
 from ..pruning import PRUNINGS
 from .. import synthesis
@@ -84,6 +85,8 @@ class RunSpec:
                                  metavar="N", type=int)
     distill_data: str = option("synthetic", "--distill_data", DISTILL_DATA, "with --distill: synthetic (data-free) "
                                "or real (N training images, an upper bound on what synthesis costs)")
+    distill_mix: str = option("none", "--distill_mix", MIXES, "with --distill: mix each image with another of its "
+                              "batch (mixup: blended; cutmix: a box pasted), new inputs for free")
     synthesis_steps: int | None = option(None, "--synthesis_steps", None, "optimisation steps that make each "
                                          "synthesised image (--synthetic_bn, --distill; default "
                                          f"{synthesis.ITERATIONS}): the cost is proportional; 200 lose 0.15 points "
@@ -115,6 +118,7 @@ class RunSpec:
                            max_merges=self.max_merges, synthetic_bn=self.synthetic_bn, stages=self.stages,
                            dtype=self.dtype, distill=self.distill,
                            distill_images=self.distill_images if self.distill_data == "synthetic" else 0,
+                           distill_mix=self.distill_mix,
                            synthesis_steps=self.synthesis_steps)
 
     def resolved(self, compression: Compression) -> RunSpec:
@@ -136,6 +140,8 @@ class RunSpec:
                 value = value if self.target_params is not None else None
             elif name in ("distill_images", "distill_data"):
                 value = value if self.distill else None
+            elif name == "distill_mix":  # recorded when it is used (records before it had none)
+                value = value if self.distill and value != "none" else None
             elif name == "synthesis_steps":  # recorded when images are made, and not the library's default
                 value = None if value in (None, synthesis.ITERATIONS) or not self.compression().images_needed \
                     else value
@@ -186,7 +192,7 @@ FLAGS = {"beta": "--threshold", "max_ratio": "--max_ratio", "target_params": "--
          "synthetic_bn": "--synthetic_bn", "max_merges": "--max_merges", "correction": "--bn_correction",
          "rule": "--merge_rule", "clustering": "--baseline", "allocation": "--allocation", "order": "--order",
          "dtype": "--dtype", "bn_mode": "--bn_mode", "stages": "--stages", "distill": "--distill",
-         "distill_images": "--distill_images", "synthesis_steps": "--synthesis_steps"}
+         "distill_images": "--distill_images", "synthesis_steps": "--synthesis_steps", "distill_mix": "--distill_mix"}
 
 
 def as_flags(message: str) -> str:

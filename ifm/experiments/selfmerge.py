@@ -222,7 +222,9 @@ def format_record(record: dict) -> str:
              + (f"  BN re-estimated on {record['recalibrate_bn']} training images" if record.get("recalibrate_bn")
                 else "")
              + (f"  distilled {record['distillation']['steps']} steps on {record['distillation']['images']} "
-                f"{record['distillation']['data']} images (loss {record['distillation']['start_loss']:.3g} → "
+                f"{record['distillation']['data']} images"
+                + (f", {record['distill_mix']}" if record.get("distill_mix") else "")
+                + f" (loss {record['distillation']['start_loss']:.3g} → "
                 f"{record['distillation']['final_loss']:.3g})" if record.get("distillation") else "")
              + (f"  budget {record['target_params']:g}% ({record['allocation']} allocation)"
                 if record.get("target_params") is not None else ""),
