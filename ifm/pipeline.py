@@ -44,7 +44,7 @@ from .kmeans import kmeans_partition
 from .layout import standard_layout
 from .merge import DTYPES, MERGE_RULES, ORDERS, Dtype, IterativeMerger, MergeResult, Order, check_hyperparameters
 from . import synthesis as synthesis_
-from .distill import MIXES, Distillation, Mix, distill_model
+from .distill import DEFAULT_MIX, MIXES, Distillation, Mix, distill_model
 from .synthesis import CHUNK, SyntheticImages
 from .trace import TracedGraph
 
@@ -82,8 +82,8 @@ class Compression:
         synthetic_bn: re-estimate BN statistics on this many images synthesised from the original network's.
         distill: train the merged network for this many steps to match the original's outputs (0: no).
         distill_images: synthesise this many images to distil on (0: the ``synthetic_bn`` images).
-        distill_mix: ``"none"``, or mix each distillation image with another of its batch: ``"mixup"`` or
-            ``"cutmix"`` (:func:`ifm.distill.mixed`; new inputs for free).
+        distill_mix: mix each distillation image with another of its batch: ``"cutmix"`` (the default),
+            ``"mixup"`` or ``"none"`` (:func:`ifm.distill.mixed`; new inputs for free).
         synthesis_steps: optimisation steps of the image synthesis (None: :data:`ifm.synthesis.ITERATIONS`, 500);
             fewer cost proportionally less (200 lose 0.15 points at 25 % of a VGG11's parameters, 2 at 6.3 %).
         stages: ResNet stages to merge (None: the official 3 and 4).
@@ -105,7 +105,7 @@ class Compression:
     dtype: Dtype = "float64"
     distill: int = 0
     distill_images: int = 0
-    distill_mix: Mix = "none"
+    distill_mix: Mix = DEFAULT_MIX
     synthesis_steps: int | None = None
 
     @property

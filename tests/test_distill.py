@@ -173,15 +173,16 @@ def test_cli_distillation_reads_no_data_set_records_and_reuses_its_images(tiny_c
             "0.6", "--results", str(results), "--no_progress"]
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16",
                                          "--save_merged", str(merged)]) == 0
-    assert "distilled 6 steps on 16 synthetic images" in capsys.readouterr().out
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16"]) == 0
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8"]) == 0
     assert cli("cifar10", "vgg", base + ["--synthetic_bn", "8", "--distill", "6", "--distill_images", "16",
-                                         "--distill_mix", "cutmix"]) == 0
-    assert "distilled 6 steps on 16 synthetic images, cutmix" in capsys.readouterr().out
-    first, second, plain, cut = read_jsonl(results)
-    assert cut["distill_mix"] == "cutmix" and first["distill_mix"] is None and cut["synthesis"]["cached"]
-    assert cut["distillation"]["final_loss"] != first["distillation"]["final_loss"]
+                                         "--distill_mix", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "distilled 6 steps on 16 synthetic images, cutmix" in out  # the default
+    assert "distilled 6 steps on 16 synthetic images (loss" in out  # --distill_mix none
+    first, second, plain, unmixed = read_jsonl(results)
+    assert first["distill_mix"] == "cutmix" and unmixed["distill_mix"] is None and unmixed["synthesis"]["cached"]
+    assert unmixed["distillation"]["final_loss"] != first["distillation"]["final_loss"]
     assert first["distill"] == 6 and first["distill_images"] == 16 and first["distill_data"] == "synthetic"
     assert plain["distill"] == 0 and plain["distill_images"] is None and "distillation" not in plain
     d = first["distillation"]

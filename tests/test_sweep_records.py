@@ -259,11 +259,11 @@ def test_a_distilled_record_from_before_distill_mix_is_the_unmixed_run():
     from ifm.experiments.run import RunSpec
     from ifm.experiments.sweep import run_key
     head = {"model": "VGG11", "checkpoint": "c", "checkpoint_digest": "d", "eval_samples": 10}
-    spec = RunSpec(arch="VGG11", synthetic_bn=64, distill=500)
-    older = {**head, **spec.record_fields()}
+    unmixed = RunSpec(arch="VGG11", synthetic_bn=64, distill=500, distill_mix="none")
+    older = {**head, **unmixed.record_fields()}
     del older["distill_mix"]
-    assert spec.record_fields()["distill_mix"] is None  # not written when unused: old frontiers resume
-    assert run_key(older) == run_key({**head, **spec.record_fields()})
-    mixed = {**head, **spec.replace(distill_mix="cutmix").record_fields()}
-    assert mixed["distill_mix"] == "cutmix" and run_key(mixed) != run_key(older)
-    assert RunSpec(arch="VGG11", distill_mix="cutmix").record_fields()["distill_mix"] is None  # no distillation
+    assert unmixed.record_fields()["distill_mix"] is None  # as before the option: old frontiers resume
+    assert run_key(older) == run_key({**head, **unmixed.record_fields()})
+    default = {**head, **unmixed.replace(distill_mix=RunSpec.distill_mix).record_fields()}
+    assert default["distill_mix"] == "cutmix" and run_key(default) != run_key(older)  # the default mixes
+    assert RunSpec(arch="VGG11").record_fields()["distill_mix"] is None  # no distillation, nothing to mix

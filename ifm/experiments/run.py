@@ -16,7 +16,7 @@ from ..batchnorm import BN_MODES
 from ..budget import ALLOCATIONS
 from ..correction import ESTIMATORS
 from ..merge import DTYPES, ORDERS
-from ..distill import MIXES
+from ..distill import DEFAULT_MIX, MIXES
 from ..pipeline import CLUSTERINGS, DISTILL_DATA, RULE_CHOICES, Compression
 from ..pruning import PRUNINGS
 from .. import synthesis
@@ -85,8 +85,9 @@ class RunSpec:
                                  metavar="N", type=int)
     distill_data: str = option("synthetic", "--distill_data", DISTILL_DATA, "with --distill: synthetic (data-free) "
                                "or real (N training images, an upper bound on what synthesis costs)")
-    distill_mix: str = option("none", "--distill_mix", MIXES, "with --distill: mix each image with another of its "
-                              "batch (mixup: blended; cutmix: a box pasted), new inputs for free")
+    distill_mix: str = option(DEFAULT_MIX, "--distill_mix", MIXES, "with --distill: mix each image with another "
+                              "of its batch (cutmix: a box pasted; mixup: blended; none: as they are), new inputs for "
+                              f"free (default {DEFAULT_MIX})")
     synthesis_steps: int | None = option(None, "--synthesis_steps", None, "optimisation steps that make each "
                                          "synthesised image (--synthetic_bn, --distill; default "
                                          f"{synthesis.ITERATIONS}): the cost is proportional; 200 lose 0.15 points "
@@ -140,7 +141,7 @@ class RunSpec:
                 value = value if self.target_params is not None else None
             elif name in ("distill_images", "distill_data"):
                 value = value if self.distill else None
-            elif name == "distill_mix":  # recorded when it is used (records before it had none)
+            elif name == "distill_mix":  # None: no mixing (as in the distilled records written before the option)
                 value = value if self.distill and value != "none" else None
             elif name == "synthesis_steps":  # recorded when images are made, and not the library's default
                 value = None if value in (None, synthesis.ITERATIONS) or not self.compression().images_needed \
