@@ -44,6 +44,7 @@ from .kmeans import kmeans_partition
 from .layout import standard_layout
 from .merge import DTYPES, MERGE_RULES, ORDERS, Dtype, IterativeMerger, MergeResult, Order, check_hyperparameters
 from . import synthesis as synthesis_
+from .progress import StepBar
 from .distill import DEFAULT_MIX, MIXES, Distillation, Mix, distill_model
 from .synthesis import CHUNK, SyntheticImages
 from .trace import TracedGraph
@@ -300,7 +301,7 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
         distill_inputs: real inputs ``(n, C, H, W)`` to distil on instead of synthesised images.
         graph: the model's traced graph, if already at hand.
         device: where the merge's first pass, the synthesis and the re-estimation run.
-        progress: show a progress bar for the merge.
+        progress: show progress bars for the merge and the distillation.
         check: first permute every traced group at random: a changed output means groups the tracer got wrong
             (:class:`~ifm.errors.IFMError`; the command line checks every model it has no description of).
     """
@@ -347,7 +348,12 @@ def compress(model: nn.Module | str | Architecture, compression: Compression = C
     distillation = None
     if c.distill:
         inputs = distill_inputs if distill_inputs is not None else synthesis.images[:c.distill_images or None]
-        distillation = distill_model(student, original, inputs, c.distill, mix=c.distill_mix, device=device)
+        bar = StepBar(f"distilling on {len(inputs)} images")
+        try:
+            distillation = distill_model(student, original, inputs, c.distill, mix=c.distill_mix, device=device,
+                                         progress=bar if progress else None)
+        finally:
+            bar.close()
         found = student.cpu().state_dict()
         merged = {k: found[k].detach().clone() for k in merged}
         seconds["distillation"] = distillation.seconds

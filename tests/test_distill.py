@@ -119,6 +119,17 @@ def test_mixing_keeps_a_kept_function_unchanged_and_changes_a_distillation():
     assert runs["none"] != runs["mixup"] and runs["none"] != runs["cutmix"] and runs["mixup"] != runs["cutmix"]
 
 
+def test_compress_shows_the_distillation_steps_only_when_asked(capsys):
+    teacher = _tiny_vgg()
+    images = SyntheticImages(torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 1.0, 0.5, 0.0)
+    c = Compression(beta=0.999, max_ratio=0.5, synthetic_bn=8, distill=3, distill_images=16)
+    compress(teacher, c, input_size=(3, 32, 32), images=images)
+    assert "distilling" not in capsys.readouterr().err
+    compress(teacher, c, input_size=(3, 32, 32), images=images, progress=True)
+    err = capsys.readouterr().err
+    assert "distilling on 16 images" in err and "/3 " in err and "step/s" in err  # (tqdm redraws at its own pace)
+
+
 def test_bad_distillations_are_refused():
     teacher = plain_cnn()
     with pytest.raises(ValueError, match="0 or more"):

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..progress import StepBar
 from ..synthesis import SyntheticImages, synthesize_images
 from .io import atomic_write
 
@@ -29,22 +30,12 @@ def synthetic_calibration(model: torch.nn.Module, input_size: Sequence[int], dig
     path = synthetic_images_path(results, digest, n, steps)
     if path.is_file():
         return SyntheticImages(**torch.load(path, map_location="cpu")), True
-    bar = None
-
-    def report(step: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if bar is None:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, desc=f"synthesising {n} BN calibration images", unit="step", leave=False)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
+    bar = StepBar(f"synthesising {n} BN calibration images")
     try:
         made = synthesize_images(model.to(device), tuple(input_size), n, iterations=steps,
-                                 device=device, progress=report if progress else None)
+                                 device=device, progress=bar if progress else None)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     made.images = made.images.cpu()
     atomic_write(path, lambda tmp: torch.save(asdict(made), tmp))
     return made, False
