@@ -227,6 +227,15 @@ def test_the_frontier_adds_distilled_rows_and_a_real_data_reference_only_when_as
     assert not [m for m in methods(spec.replace(distill=0)) if m.spec.distill]
 
 
+def test_the_frontier_names_the_mixing_of_its_distilled_rows():
+    spec = RunSpec(arch="VGG11", model_param="vgg11.pt", data_root="data", distill=300)
+    mixed_rows = [m for m in methods(spec) if m.spec.distill]
+    plain_rows = [m for m in methods(spec.replace(distill_mix="none")) if m.spec.distill]
+    assert all(m.spec.distill_mix == "cutmix" and "cutmix" in m.label for m in mixed_rows)  # the real bound too
+    assert all(m.spec.distill_mix == "none" and "cutmix" not in m.label for m in plain_rows)
+    assert {m.label for m in mixed_rows}.isdisjoint(m.label for m in plain_rows)  # never one curve for both
+
+
 def test_the_distilled_rows_run_only_at_the_budgets_asked():
     spec = RunSpec(arch="VGG11", model_param="vgg11.pt", data_root="data", distill=300)
     compared = methods(spec, synthetic=64, recalibrate=2000, distill_budgets=[25])

@@ -92,11 +92,11 @@ def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000, 
         found.append(Method(f"IFM (uniform) + BN re-estimated on {recalibrate} training images",
                             uniform.replace(recalibrate_bn=recalibrate), data, uses_data=True, headline=True))
     at = tuple(float(b) for b in distill_budgets) if distill_budgets else None
+    mixing = f", {spec.distill_mix}" if spec.distill_mix != "none" else ""  # (unmixed rows keep their first labels)
     if steps and synthetic:
         distilled = dict(synthetic_bn=synthetic, distill=steps, distill_images=spec.distill_images,
                          distill_mix=spec.distill_mix)
-        images = f"{spec.distill_images or synthetic} images" + (f", {spec.distill_mix}" if spec.distill_mix != "none"
-                                                                 else "")
+        images = f"{spec.distill_images or synthetic} images{mixing}"
         found += [Method(f"IFM (uniform widths, mean rule) + {synthetic} synthetic images + distillation "
                          f"({steps} steps, {images})", uniform.replace(merge_rule="mean", **distilled), even,
                          headline=True, budgets=at),
@@ -104,7 +104,7 @@ def methods(spec: RunSpec, estimator: str = "weights", recalibrate: int = 2000, 
                          kmeans.replace(**distilled), folding, budgets=at)]
     if steps and recalibrate and spec.evaluates:
         found.append(Method(f"IFM (uniform widths, mean rule) + distillation on {recalibrate} training images "
-                            f"({steps} steps)", uniform.replace(merge_rule="mean", recalibrate_bn=recalibrate,
+                            f"({steps} steps{mixing})", uniform.replace(merge_rule="mean", recalibrate_bn=recalibrate,
                                                                 distill=steps, distill_data="real",
                                                                 distill_images=recalibrate,
                                                                 distill_mix=spec.distill_mix),
