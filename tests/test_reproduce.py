@@ -1,20 +1,16 @@
 """Sweeps and paper reproduction scripts on tiny models and generated data."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from ifm import channel_groups, iterative_feature_merging
+from ifm.experiments.figures import equivalence_permutations, largest_beta_within, random_permutations
+from ifm.experiments.io import read_jsonl
+from ifm.naive import naive_distance
+from tests.helpers import script
 
-import reproduce  # noqa: E402
-import sweep as sweep_script  # noqa: E402
-from ifm import channel_groups, iterative_feature_merging  # noqa: E402
-from ifm.experiments.figures import equivalence_permutations, largest_beta_within, random_permutations  # noqa: E402
-from ifm.experiments.io import read_jsonl  # noqa: E402
-from ifm.naive import naive_distance  # noqa: E402
+reproduce, sweep_script = script("reproduce"), script("sweep")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import json
 import multiprocessing
 import shutil
 import time
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,9 @@ from ifm.errors import IFMError, IFMWarning
 from ifm.experiments.io import append_jsonl, read_jsonl
 from ifm.experiments.sweep import PAPER_BETAS, shard_of
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep as sweep_script  # noqa: E402
+from tests.helpers import script
+
+sweep_script = script("sweep")
 
 
 def test_shards_split_a_grid_without_overlap():

@@ -11,6 +11,7 @@ from ifm.errors import IFMError
 from ifm.experiments.io import read_jsonl
 from ifm.experiments.arguments import cli
 from ifm.experiments.train import augment, train_from_config
+from tests.helpers import script
 
 CFGS = sorted(Path(__file__).resolve().parents[1].glob("cfg/*_training.yml"))
 VGG11_CFG = next(p for p in CFGS if p.stem == "vgg11_training")
@@ -175,8 +176,7 @@ def test_distributed_training_on_two_processes(cifar_root, tmp_path):
 @pytest.mark.slow
 def test_bench_train_prints_rates_per_mode(capsys, monkeypatch):
     import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import bench_train
+    bench_train = script("bench_train")
     monkeypatch.setattr(sys, "argv", ["bench_train.py", "--model", "VGG11", "ResNet18", "--width", "0.0625",
                                       "--device", "cpu", "--steps", "1", "--batch_size", "8", "--modes", "fp32",
                                       "bf16", "--together"])
